@@ -1,0 +1,131 @@
+"""Issuance requests: parsing and checking ``POST /api/v1/feedback/tokens`` bodies."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import InvalidRequest
+from .feedback import FeedbackConfig
+
+MAX_BATCH = 100
+FIELDS = frozenset({"run_id", "feedback_key", "expires_in", "expires_at", "feedback_config", "id"})
+_DELTA_FIELDS = {"days": 86400, "hours": 3600, "minutes": 60}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    run_id: uuid.UUID
+    feedback_key: str
+    expires_at: int
+    config: FeedbackConfig | None
+    feedback_id: uuid.UUID | None
+
+
+def _uuid(value: object, name: str) -> uuid.UUID:
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a UUID")
+
+
+def _feedback_key(value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise ValueError("feedback_key must be a string of 1 to 128 characters")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise ValueError("feedback_key may not contain control characters")
+    return value
+
+
+def _expires_in(value: object) -> int:
+    if not isinstance(value, dict):
+        raise ValueError("expires_in must be an object {days, hours, minutes}")
+    unknown = sorted(set(value) - set(_DELTA_FIELDS))
+    if unknown:
+        raise ValueError(f"expires_in: unknown field(s) {', '.join(unknown)}")
+    seconds = 0
+    for name, unit in _DELTA_FIELDS.items():
+        part = value.get(name)
+        if part is None:
+            continue
+        if type(part) is not int or part < 0 or part > 10**6:
+            raise ValueError(f"expires_in.{name} must be a whole number >= 0")
+        seconds += part * unit
+    if seconds == 0:
+        raise ValueError(
+            "expires_in is zero: give at least one minute (the LangSmith Python SDK sends a "
+            "timedelta shorter than a minute, e.g. timedelta(seconds=30), as all zeros)"
+        )
+    return seconds
+
+
+def _expires_at(value: object) -> float:
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("expires_at must be an ISO 8601 datetime")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise ValueError("expires_at must be an ISO 8601 datetime") from err
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # without an offset it means UTC
+    return when.timestamp()
+
+
+def parse_one(raw: object, now: float, default_ttl: int, max_ttl: int) -> TokenRequest:
+    if not isinstance(raw, dict):
+        raise ValueError("each token request must be an object")
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    if raw.get("run_id") is None:
+        raise ValueError("run_id is required")
+    run_id = _uuid(raw["run_id"], "run_id")
+    if raw.get("feedback_key") is None:
+        raise ValueError("feedback_key is required")
+    key = _feedback_key(raw["feedback_key"])
+    expires_in, expires_at = raw.get("expires_in"), raw.get("expires_at")
+    if expires_in is not None and expires_at is not None:
+        raise ValueError("give expires_in or expires_at, not both")
+    if expires_at is not None:
+        at = _expires_at(expires_at)
+        if at <= now:
+            raise ValueError("expires_at is in the past")
+        if at - now > max_ttl:
+            raise ValueError(f"expires_at is more than {max_ttl} seconds ahead (the maximum)")
+        expiry = math.floor(at)
+    else:
+        ttl = default_ttl if expires_in is None else _expires_in(expires_in)
+        if ttl > max_ttl:
+            raise ValueError(f"expires_in is longer than the maximum of {max_ttl} seconds")
+        expiry = math.floor(now) + ttl
+    config = None
+    if raw.get("feedback_config") is not None:
+        try:
+            config = FeedbackConfig.parse(raw["feedback_config"])
+        except ValueError as err:
+            raise ValueError(f"feedback_config: {err}") from err
+    feedback_id = None if raw.get("id") is None else _uuid(raw["id"], "id")
+    return TokenRequest(run_id, key, expiry, config, feedback_id)
+
+
+def parse(data: Any, now: float, default_ttl: int, max_ttl: int) -> tuple[list[TokenRequest], bool]:
+    """Returns the requests and whether the body was a batch (then the answer is an array)."""
+    batch = isinstance(data, list)
+    items = data if batch else [data]
+    if batch and not 1 <= len(items) <= MAX_BATCH:
+        raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} token requests")
+    requests = []
+    for i, item in enumerate(items):
+        try:
+            requests.append(parse_one(item, now, default_ttl, max_ttl))
+        except ValueError as err:
+            raise InvalidRequest(f"[{i}]: {err}" if batch else str(err)) from err
+    return requests, batch

@@ -1,0 +1,168 @@
+"""The app factory. ``uvicorn app.main:app`` serves an app configured from the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import endpoints, openapi
+from .clock import Clock
+from .config import Settings
+from .errors import FeedbackTokenError, MethodNotAllowed, NotFound
+from .keyring import KeyringDir
+from .keysource import DirectorySource, KeySource
+from .middleware import SecurityHeaders
+from .store import Store
+
+log = logging.getLogger("feedback_tokens")
+_TOKEN_IN_PATH = re.compile(r"(/feedback/tokens/)([A-Za-z0-9_-]{12})[A-Za-z0-9_.=-]{20,}")
+
+
+def redact(text: str) -> str:
+    """Keep the first 12 characters of a token in a path: enough to correlate, useless to replay."""
+    return _TOKEN_IN_PATH.sub(r"\1\2…", text)
+
+
+class RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def problem(err: FeedbackTokenError) -> JSONResponse:
+    body = {
+        "type": f"urn:feedback-tokens:problem:{err.code}",
+        "title": err.title,
+        "status": err.status,
+        "detail": err.detail,
+        "code": err.code,
+    }
+    return JSONResponse(
+        body, status_code=err.status, headers=err.headers(), media_type="application/problem+json"
+    )
+
+
+async def on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, FeedbackTokenError):
+        return problem(exc)
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 405:
+            return problem(MethodNotAllowed(f"{request.method} is not allowed here"))
+        return problem(NotFound(f"nothing at {redact(request.url.path)}"))
+    log.exception("unhandled error on %s %s", request.method, redact(request.url.path))
+    return problem(FeedbackTokenError("something went wrong on our side"))
+
+
+class Readiness:
+    """``/readyz``: Redis reachable and safe to use, and keys loaded."""
+
+    def __init__(self, store: Store, keys: KeySource) -> None:
+        self.store = store
+        self.keys = keys
+
+    async def check(self) -> dict[str, dict[str, Any]]:
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            await self.store.ping()
+            policy = await self.store.eviction_policy()
+            if policy not in (None, "noeviction"):
+                detail = (
+                    f"maxmemory-policy is {policy}: Redis may evict consumed-token markers and "
+                    "let used tokens be replayed; set it to noeviction"
+                )
+                log.error("not ready: %s", detail)
+                checks["redis"] = {"ok": False, "detail": detail}
+            else:
+                checks["redis"] = {"ok": True}
+        except FeedbackTokenError as err:
+            checks["redis"] = {"ok": False, "detail": err.detail}
+        keyring = self.keys.keyring
+        if any(k.verifies for k in keyring.keys.values()):
+            checks["keys"] = {"ok": True, "signing": keyring.signer is not None}
+        else:
+            checks["keys"] = {"ok": False, "detail": self.keys.error or "no key that verifies"}
+        return checks
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    keys: KeySource | None = None,
+) -> Starlette:
+    from .service import FeedbackService
+
+    settings = settings or Settings.from_env()
+    clock = clock or Clock()
+    keys = keys or DirectorySource(KeyringDir(settings.keys_dir), settings.keyring_poll)
+    store = Store.from_url(
+        settings.redis_url, settings.redis_prefix, settings.redis_timeout, settings.retry_after
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await keys.start()
+        try:
+            yield
+        finally:
+            await keys.stop()
+            await store.close()
+
+    routes = [
+        Route("/api/v1/feedback/tokens", endpoints.tokens_root, methods=["GET", "POST"]),
+        Route(
+            "/api/v1/feedback/tokens/{token}",
+            endpoints.token_path,
+            methods=["GET", "HEAD", "POST", "DELETE"],
+        ),
+        Route("/.well-known/jwks.json", endpoints.jwks, methods=["GET"]),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        # Any page may submit to a token URL, without credentials. X-API-Key is not an allowed
+        # header, so browsers can't call the issuing endpoints cross-origin at all.
+        Middleware(
+            CORSMiddleware,
+            allow_origins=["*"],
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Content-Type", "Accept", "Accept-Language"],
+            allow_credentials=False,
+            max_age=600,
+        ),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={Exception: on_error, HTTPException: on_error, FeedbackTokenError: on_error},
+    )
+    app.state.settings = settings
+    app.state.service = FeedbackService(settings, store, keys, clock)
+    app.state.readiness = Readiness(store, keys)
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app` builds the app on first access, so importing this module for
+    # `create_app` (tests, the CLI) reads no environment.
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,171 @@
+"""The domain: issue, list, revoke, look at and submit tokens. Endpoints call one method each."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from . import issuance, tokens
+from .clock import Clock, isoformat
+from .config import Settings
+from .errors import InvalidRequest, SigningDisabled, TokenInvalid, TokenNotFound
+from .feedback import Submission
+from .keysource import KeySource
+from .store import Outcome, Store, encode_field
+from .tokens import TokenClaims
+
+TOKEN_PATH = "/api/v1/feedback/tokens/"
+
+
+def as_uuid(text: str) -> uuid.UUID | None:
+    """A token id in the path (36 characters with dashes, or 32 hex digits), else None."""
+    if len(text) not in (32, 36):
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+class FeedbackService:
+    def __init__(self, settings: Settings, store: Store, keys: KeySource, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+
+    def url(self, jwt: str) -> str:
+        return f"{self.settings.public_url}{TOKEN_PATH}{jwt}"
+
+    def describe(self, claims: TokenClaims, jwt: str) -> dict[str, Any]:
+        return {
+            "id": str(claims.token_id),
+            "url": self.url(jwt),
+            "expires_at": isoformat(claims.expires_at),
+            "run_id": str(claims.run_id),
+            "feedback_key": claims.feedback_key,
+            "feedback_config": claims.config.to_json() if claims.config else None,
+        }
+
+    # -- issuance ---------------------------------------------------------------------------
+
+    async def issue(self, body: Any) -> list[dict[str, Any]] | dict[str, Any]:
+        signer = self.keys.keyring.signer
+        if signer is None:
+            raise SigningDisabled(
+                "this node holds no active private key (verify-only); issue tokens elsewhere"
+            )
+        s = self.settings
+        now = self.clock.now()
+        requests, batch = issuance.parse(body, now, s.default_ttl, s.max_ttl)
+        answers, records = [], []
+        created_ms = int(now * 1000)
+        for i, req in enumerate(requests):
+            token_id = uuid.uuid4()
+            claims = TokenClaims(
+                token_id=token_id,
+                run_id=req.run_id,
+                feedback_key=req.feedback_key,
+                feedback_id=req.feedback_id or token_id,
+                issued_at=int(now),
+                expires_at=req.expires_at,
+                config=req.config,
+            )
+            jwt = tokens.sign(claims, signer, s.issuer)
+            if len(jwt) > tokens.MAX_TOKEN_LENGTH:
+                where = f"[{i}]: " if batch else ""
+                raise InvalidRequest(
+                    f"{where}this feedback_config makes the token {len(jwt)} characters long; "
+                    f"the limit is {tokens.MAX_TOKEN_LENGTH} (use fewer or shorter categories)"
+                )
+            answers.append(self.describe(claims, jwt))
+            records.append(
+                (str(token_id), str(req.run_id), jwt, req.expires_at + s.leeway, created_ms)
+            )
+        prune_before_ms = int((now - s.max_ttl - s.leeway) * 1000)
+        await self.store.issue(records, prune_before_ms)
+        return answers if batch else answers[0]
+
+    # -- listing and revocation -------------------------------------------------------------
+
+    async def list_run(self, run_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
+        stored = await self.store.list_run(run_id)
+        now = self.clock.now()
+        keyring = self.keys.keyring
+        out = []
+        for row in stored[offset : offset + limit]:
+            parsed = tokens.parse(row.jwt)
+            claims = TokenClaims.from_payload(json.loads(tokens.b64decode(parsed.payload_segment)))
+            if row.revoked or keyring.verifier(parsed.kid) is None:
+                status = "revoked"  # a retired key revokes every token it signed
+            elif row.used:
+                status = "used"
+            elif now >= claims.expires_at:
+                status = "expired"
+            else:
+                status = "active"
+            item = self.describe(claims, row.jwt)
+            item["created_at"] = isoformat(row.created_ms / 1000)
+            item["status"] = status
+            out.append(item)
+        return out
+
+    async def revoke(self, token_id: str) -> None:
+        tid = as_uuid(token_id)
+        if tid is None or not await self.store.revoke(tid):
+            raise TokenNotFound("no live token has this id")
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def verify(self, jwt: str) -> TokenClaims:
+        parsed = tokens.parse(jwt)
+        keyring = self.keys.keyring
+        if keyring.verifier(parsed.kid) is None and await self.keys.on_unknown_kid(parsed.kid):
+            keyring = self.keys.keyring
+        payload = tokens.check_signature(parsed, keyring)
+        return tokens.check_claims(payload, self.settings.issuer, self.clock.now(), self.settings.leeway)
+
+    async def resolve(self, token: str) -> tuple[TokenClaims, str]:
+        """The path segment is a JWT, or a token id (the LangSmith SDK's way) to look up."""
+        tid = as_uuid(token)
+        if tid is None:
+            return await self.verify(token), token
+        jwt = await self.store.lookup(tid)
+        if jwt is None:
+            raise TokenNotFound("no live token has this id")
+        claims = await self.verify(jwt)
+        if claims.token_id != tid:  # the record must name the token stored under it
+            raise TokenInvalid("token record does not match its id")
+        return claims, jwt
+
+    async def submit(self, token: str, submission: Submission) -> Outcome:
+        claims, _ = await self.resolve(token)
+        submission.check(claims.config)
+        created_at = isoformat(self.clock.now())
+        answer = {
+            "id": str(claims.feedback_id),
+            "run_id": str(claims.run_id),
+            "feedback_key": claims.feedback_key,
+            **submission.to_json(),
+            "created_at": created_at,
+        }
+        entry = {
+            "id": str(claims.feedback_id),
+            "token_id": str(claims.token_id),
+            "run_id": str(claims.run_id),
+            "feedback_key": claims.feedback_key,
+            "score": encode_field(submission.score),
+            "value": encode_field(submission.value),
+            "comment": encode_field(submission.comment),
+            "correction": encode_field(submission.correction),
+            "metadata": encode_field(submission.metadata),
+            "created_at": created_at,
+        }
+        return await self.store.submit(
+            str(claims.token_id),
+            submission.fingerprint(),
+            claims.expires_at + self.settings.leeway,
+            answer,
+            entry,
+        )

@@ -1,0 +1,224 @@
+"""The Redis store: token records, per-run indexes, and the feedback stream.
+
+Keys (``P`` is ``FEEDBACK_REDIS_PREFIX``; ``{P}`` is a Redis Cluster hash tag, so every key one
+script touches hashes to the same slot)::
+
+    {P}:feedback        stream, one entry per accepted submission (never trimmed here)
+    {P}:t:<token id>    hash: jwt (for lookups by id), fp + ans once used, rev once revoked;
+                        expires with its token (plus clock leeway)
+    {P}:r:<run id>      sorted set of the run's token ids scored by creation time (ms); entries
+                        older than the longest token lifetime are pruned on every write, and the
+                        whole set expires with its last token
+
+A submission is one script call: the consumed marker and the stream entry are written together or
+not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .errors import StoreUnavailable, TokenRevoked, TokenUsed
+
+log = logging.getLogger("feedback_tokens.store")
+T = TypeVar("T")
+
+# KEYS[1] token record, KEYS[2] feedback stream
+# ARGV[1] submission fingerprint, ARGV[2] record expiry (unix s), ARGV[3] answer JSON,
+# ARGV[4..] stream entry field/value pairs
+# Returns {"ok", entry id} | {"dup", stored answer JSON} | {"used"} | {"revoked"}
+SUBMIT = """
+local state = redis.call('HMGET', KEYS[1], 'rev', 'fp', 'ans')
+if state[1] then return {'revoked'} end
+if state[2] then
+  if state[2] == ARGV[1] then return {'dup', state[3]} end
+  return {'used'}
+end
+local entry = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'ans', ARGV[3])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
+return {'ok', entry}
+"""
+
+# KEYS[1] token record, KEYS[2] run index
+# ARGV[1] jwt, ARGV[2] record expiry (unix s), ARGV[3] created (ms), ARGV[4] token id,
+# ARGV[5] prune index entries created before this (ms)
+# Returns 1
+ISSUE = """
+redis.call('HSET', KEYS[1], 'jwt', ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+if redis.call('EXPIRETIME', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('EXPIREAT', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+# KEYS[1] token record
+# Returns 1 when revoked (or already revoked), 0 when the token is unknown
+REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'rev', '1')
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredToken:
+    token_id: str
+    jwt: str
+    created_ms: int
+    used: bool
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    answer: dict[str, Any]
+    duplicate: bool
+
+
+def encode_field(value: Any) -> str:
+    """Stream fields: plain strings as they are, everything else JSON, absent as ''."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, prefix: str, retry_after: int = 5) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retry_after = retry_after
+        self.stream = f"{{{prefix}}}:feedback"
+        self._submit = client.register_script(SUBMIT)
+        self._issue = client.register_script(ISSUE)
+        self._revoke = client.register_script(REVOKE)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, timeout: float, retry_after: int = 5) -> Store:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One immediate retry on a broken pooled connection (e.g. after a Redis restart).
+            # Safe: every script here is idempotent for the same arguments.
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=30,
+        )
+        return cls(client, prefix, retry_after)
+
+    def token_key(self, token_id: UUID | str) -> str:
+        return f"{{{self.prefix}}}:t:{token_id}"
+
+    def run_key(self, run_id: UUID | str) -> str:
+        return f"{{{self.prefix}}}:r:{run_id}"
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except RedisError as err:
+            log.warning("redis %s failed: %s: %s", what, type(err).__name__, err)
+            detail = "feedback storage is unavailable; nothing was recorded, try again"
+            if str(err).startswith("OOM"):
+                detail = "feedback storage is out of memory; nothing was recorded, try again"
+            raise StoreUnavailable(detail, retry_after=self.retry_after) from err
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self._call("ping", self.redis.ping))
+
+    async def eviction_policy(self) -> str | None:
+        """The server's maxmemory-policy, or None where CONFIG is not allowed."""
+        try:
+            reply = await self.redis.config_get("maxmemory-policy")
+        except RedisError:
+            return None
+        value = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def issue(self, records: Sequence[tuple[str, str, str, int, int]], prune_before_ms: int) -> None:
+        """records: (token id, run id, jwt, record expiry unix s, created ms). All or nothing."""
+
+        async def run() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for token_id, run_id, jwt, expire_at, created_ms in records:
+                    await self._issue(
+                        keys=[self.token_key(token_id), self.run_key(run_id)],
+                        args=[jwt, expire_at, created_ms, token_id, prune_before_ms],
+                        client=pipe,
+                    )
+                await pipe.execute()
+
+        await self._call("issue", run)
+
+    async def submit(
+        self,
+        token_id: str,
+        fingerprint: str,
+        expire_at: int,
+        answer: dict[str, Any],
+        entry: dict[str, str],
+    ) -> Outcome:
+        args: list[Any] = [fingerprint, expire_at, json.dumps(answer, separators=(",", ":"))]
+        for name, value in entry.items():
+            args += (name, value)
+        reply = await self._call(
+            "submit",
+            lambda: self._submit(keys=[self.token_key(token_id), self.stream], args=args),
+        )
+        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if status == "ok":
+            return Outcome(answer, duplicate=False)
+        if status == "dup":
+            return Outcome(json.loads(reply[1]), duplicate=True)
+        if status == "revoked":
+            raise TokenRevoked("this token was revoked")
+        raise TokenUsed("this token was already used for a different submission")
+
+    async def lookup(self, token_id: UUID) -> str | None:
+        jwt = await self._call("lookup", lambda: self.redis.hget(self.token_key(token_id), "jwt"))
+        return jwt.decode() if isinstance(jwt, bytes) else jwt
+
+    async def revoke(self, token_id: UUID) -> bool:
+        return bool(await self._call("revoke", lambda: self._revoke(keys=[self.token_key(token_id)])))
+
+    async def list_run(self, run_id: UUID) -> list[StoredToken]:
+        """The run's live tokens, oldest first."""
+
+        async def run() -> list[StoredToken]:
+            members = await self.redis.zrange(self.run_key(run_id), 0, -1, withscores=True)
+            if not members:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member, _ in members:
+                    pipe.hmget(self.token_key(member.decode()), "jwt", "fp", "rev")
+                rows = await pipe.execute()
+            found, gone = [], []
+            for (member, score), (jwt, fp, rev) in zip(members, rows, strict=True):
+                if jwt is None:
+                    gone.append(member)
+                    continue
+                found.append(
+                    StoredToken(member.decode(), jwt.decode(), int(score), fp is not None, rev is not None)
+                )
+            if gone:
+                await self.redis.zrem(self.run_key(run_id), *gone)
+            return found
+
+        return await self._call("list", run)

@@ -1,0 +1,186 @@
+"""Feedback tokens: compact JWS/JWT, signed by the keyring's active key.
+
+Verification runs in three separate steps, cheapest first, so garbage costs microseconds and
+never reaches signature work:
+
+1. ``parse``     shape only: length cap, three base64url segments, a header holding exactly
+                 the members we issue (``alg``, ``kid``, ``typ``) with our ``typ``.
+2. signature     the key is looked up by ``kid`` (an opaque dictionary key, never a path) and
+                 the algorithm is the *key's*: a header whose ``alg`` differs is refused.
+                 ``jku``/``x5u``/``jwk``/``crit`` never get this far.
+3. claims        issuer, expiry and issued-at with a small leeway, then our own claims.
+
+Claim names are short because the token travels in URLs; UUIDs are carried as 22 base64url
+characters (their 16 bytes) rather than 36.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import TokenExpired, TokenInvalid
+from .feedback import FeedbackConfig
+from .keyring import Key, Keyring
+
+TOKEN_TYPE = "fbt+jwt"
+MAX_TOKEN_LENGTH = 2000
+_HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
+_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+={0,2}")
+_KID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64decode(segment: str) -> bytes:
+    segment = segment.rstrip("=")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def uuid_to_claim(value: uuid.UUID) -> str:
+    return b64encode(value.bytes)
+
+
+def uuid_from_claim(value: object) -> uuid.UUID:
+    if not isinstance(value, str) or len(value) != 22:
+        raise ValueError("not a compact UUID")
+    return uuid.UUID(bytes=b64decode(value))
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    token_id: uuid.UUID
+    run_id: uuid.UUID
+    feedback_key: str
+    feedback_id: uuid.UUID
+    issued_at: int
+    expires_at: int
+    config: FeedbackConfig | None = None
+
+    def to_payload(self, issuer: str) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "jti": uuid_to_claim(self.token_id),
+            "iss": issuer,
+            "iat": self.issued_at,
+            "exp": self.expires_at,
+            "run": uuid_to_claim(self.run_id),
+            "key": self.feedback_key,
+        }
+        if self.feedback_id != self.token_id:
+            payload["fid"] = uuid_to_claim(self.feedback_id)
+        if self.config is not None:
+            payload["cfg"] = self.config.to_claim()
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> TokenClaims:
+        token_id = uuid_from_claim(payload["jti"])
+        key = payload["key"]
+        iat, exp = payload["iat"], payload["exp"]
+        if not isinstance(key, str) or type(iat) is not int or type(exp) is not int:
+            raise ValueError("malformed claims")
+        cfg = payload.get("cfg")
+        return cls(
+            token_id=token_id,
+            run_id=uuid_from_claim(payload["run"]),
+            feedback_key=key,
+            feedback_id=uuid_from_claim(payload["fid"]) if "fid" in payload else token_id,
+            issued_at=iat,
+            expires_at=exp,
+            config=FeedbackConfig.from_claim(cfg) if cfg is not None else None,
+        )
+
+
+def sign(claims: TokenClaims, key: Key, issuer: str) -> str:
+    header = {"alg": key.alg, "kid": key.kid, "typ": TOKEN_TYPE}
+    signing_input = f"{b64encode(_dumps(header))}.{b64encode(_dumps(claims.to_payload(issuer)))}"
+    signature = key.sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{b64encode(signature)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    """A token that has the right shape; nothing about it is trusted yet."""
+
+    alg: str
+    kid: str
+    signing_input: bytes
+    payload_segment: str
+    signature_segment: str
+
+
+def parse(token: str) -> ParsedToken:
+    """Step 1: reject anything that is not shaped like one of our tokens."""
+    if len(token) > MAX_TOKEN_LENGTH or not _SHAPE.fullmatch(token):
+        raise TokenInvalid("not a feedback token")
+    header_segment, payload_segment, signature_segment = token.split(".")
+    try:
+        header = json.loads(b64decode(header_segment))
+    except (ValueError, binascii.Error) as err:
+        raise TokenInvalid("malformed token header") from err
+    if not isinstance(header, dict) or header.keys() != _HEADER_MEMBERS:
+        raise TokenInvalid("unexpected token header")
+    alg, kid, typ = header["alg"], header["kid"], header["typ"]
+    if typ != TOKEN_TYPE:
+        raise TokenInvalid("not a feedback token (wrong typ)")
+    if not isinstance(alg, str) or not isinstance(kid, str) or not _KID.fullmatch(kid):
+        raise TokenInvalid("unexpected token header")
+    return ParsedToken(
+        alg=alg,
+        kid=kid,
+        signing_input=f"{header_segment}.{payload_segment}".encode("ascii"),
+        payload_segment=payload_segment,
+        signature_segment=signature_segment,
+    )
+
+
+def check_signature(parsed: ParsedToken, keyring: Keyring) -> dict[str, Any]:
+    """Step 2: verify with the key named by ``kid``, using that key's own algorithm."""
+    key = keyring.verifier(parsed.kid)
+    if key is None:
+        raise TokenInvalid("token signed by an unknown or retired key")
+    if parsed.alg != key.alg:
+        raise TokenInvalid("token algorithm does not match its key")
+    try:
+        signature = b64decode(parsed.signature_segment)
+    except (ValueError, binascii.Error) as err:
+        raise TokenInvalid("malformed token signature") from err
+    if not key.verify(parsed.signing_input, signature):
+        raise TokenInvalid("bad token signature")
+    try:
+        payload = json.loads(b64decode(parsed.payload_segment))
+    except (ValueError, binascii.Error) as err:
+        raise TokenInvalid("malformed token payload") from err
+    if not isinstance(payload, dict):
+        raise TokenInvalid("malformed token payload")
+    return payload
+
+
+def check_claims(payload: dict[str, Any], issuer: str, now: float, leeway: int) -> TokenClaims:
+    """Step 3: registered claims first, then ours."""
+    if payload.get("iss") != issuer:
+        raise TokenInvalid("token from another issuer")
+    try:
+        claims = TokenClaims.from_payload(payload)
+    except (KeyError, ValueError, TypeError) as err:
+        raise TokenInvalid("malformed token claims") from err
+    if claims.issued_at > now + leeway:
+        raise TokenInvalid("token issued in the future")
+    if now >= claims.expires_at + leeway:
+        raise TokenExpired(f"this token expired at {claims.expires_at}")
+    return claims
+
+
+def verify(token: str, keyring: Keyring, issuer: str, now: float, leeway: int) -> TokenClaims:
+    return check_claims(check_signature(parse(token), keyring), issuer, now, leeway)
