@@ -1,0 +1,30 @@
+# The same commands for developers and CI (.ci/run calls `make test`).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: the service on http://127.0.0.1:8000 (private Redis unless REDIS_URL is set)
+run: $(STAMP)
+	$(BIN)/feedback-tokens dev --root .
+
+## make test: the whole suite, against Redis servers the tests start themselves
+test: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## make bench: the benchmark (own Redis, own servers, wrk); writes bench/RESULTS.md
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
