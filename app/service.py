@@ -60,7 +60,7 @@ class FeedbackService:
         now = self.clock.now()
         requests, batch = issuance.parse(body, now, s.default_ttl, s.max_ttl)
         answers, records = [], []
-        created_ms = int(now * 1000)
+        created_us = int(now * 1_000_000)
         for i, req in enumerate(requests):
             token_id = uuid.uuid4()
             claims = TokenClaims(
@@ -81,10 +81,10 @@ class FeedbackService:
                 )
             answers.append(self.describe(claims, jwt))
             records.append(
-                (str(token_id), str(req.run_id), jwt, req.expires_at + s.leeway, created_ms)
+                (str(token_id), str(req.run_id), jwt, req.expires_at + s.leeway, created_us + i)
             )
-        prune_before_ms = int((now - s.max_ttl - s.leeway) * 1000)
-        await self.store.issue(records, prune_before_ms)
+        prune_before_us = int((now - s.max_ttl - s.leeway) * 1_000_000)
+        await self.store.issue(records, prune_before_us)
         return answers if batch else answers[0]
 
     # -- listing and revocation -------------------------------------------------------------
@@ -106,7 +106,7 @@ class FeedbackService:
             else:
                 status = "active"
             item = self.describe(claims, row.jwt)
-            item["created_at"] = isoformat(row.created_ms / 1000)
+            item["created_at"] = isoformat(row.created_us / 1_000_000)
             item["status"] = status
             out.append(item)
         return out

@@ -6,7 +6,8 @@ script touches hashes to the same slot)::
     {P}:feedback        stream, one entry per accepted submission (never trimmed here)
     {P}:t:<token id>    hash: jwt (for lookups by id), fp + ans once used, rev once revoked;
                         expires with its token (plus clock leeway)
-    {P}:r:<run id>      sorted set of the run's token ids scored by creation time (ms); entries
+    {P}:r:<run id>      sorted set of the run's token ids scored by creation time (µs; a batch's
+                        tokens one µs apart, so listing keeps the request order); entries
                         older than the longest token lifetime are pruned on every write, and the
                         whole set expires with its last token
 
@@ -51,8 +52,8 @@ return {'ok', entry}
 """
 
 # KEYS[1] token record, KEYS[2] run index
-# ARGV[1] jwt, ARGV[2] record expiry (unix s), ARGV[3] created (ms), ARGV[4] token id,
-# ARGV[5] prune index entries created before this (ms)
+# ARGV[1] jwt, ARGV[2] record expiry (unix s), ARGV[3] created (µs), ARGV[4] token id,
+# ARGV[5] prune index entries created before this (µs)
 # Returns 1
 ISSUE = """
 redis.call('HSET', KEYS[1], 'jwt', ARGV[1])
@@ -78,7 +79,7 @@ return 1
 class StoredToken:
     token_id: str
     jwt: str
-    created_ms: int
+    created_us: int
     used: bool
     revoked: bool
 
@@ -152,15 +153,15 @@ class Store:
         value = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
         return value.decode() if isinstance(value, bytes) else value
 
-    async def issue(self, records: Sequence[tuple[str, str, str, int, int]], prune_before_ms: int) -> None:
-        """records: (token id, run id, jwt, record expiry unix s, created ms). All or nothing."""
+    async def issue(self, records: Sequence[tuple[str, str, str, int, int]], prune_before_us: int) -> None:
+        """records: (token id, run id, jwt, record expiry unix s, created µs). All or nothing."""
 
         async def run() -> None:
             async with self.redis.pipeline(transaction=True) as pipe:
-                for token_id, run_id, jwt, expire_at, created_ms in records:
+                for token_id, run_id, jwt, expire_at, created_us in records:
                     await self._issue(
                         keys=[self.token_key(token_id), self.run_key(run_id)],
-                        args=[jwt, expire_at, created_ms, token_id, prune_before_ms],
+                        args=[jwt, expire_at, created_us, token_id, prune_before_us],
                         client=pipe,
                     )
                 await pipe.execute()

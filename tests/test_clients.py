@@ -1,0 +1,112 @@
+"""Wire compatibility (SPEC 8): the official LangSmith client, and our own, against a live server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from conftest import API_KEY, live_env, stream_entries
+from langsmith import Client as LangSmithClient
+from langsmith.utils import LangSmithError
+
+from app.client import Client, FeedbackTokensError
+
+
+@pytest.fixture
+def server(live_server, redis_server, keys_dir):
+    return live_server(live_env(redis_server, keys_dir))
+
+
+@pytest.fixture
+def langsmith(server, monkeypatch):
+    monkeypatch.setenv("LANGSMITH_TRACING", "false")
+    client = LangSmithClient(api_url=f"{server.url}/api/v1", api_key=API_KEY, auto_batch_tracing=False)
+    yield client
+    client.close()
+
+
+def test_langsmith_single_token_then_submit_by_token_id(langsmith, redis_server):
+    run_id = uuid.uuid4()
+    token = langsmith.create_presigned_feedback_token(
+        run_id, "user_score", feedback_config={"type": "continuous", "min": 0, "max": 1}
+    )
+    assert "/api/v1/feedback/tokens/" in token.url
+    now = dt.datetime.now(dt.UTC)
+    assert dt.timedelta(hours=2, minutes=59) < token.expires_at - now <= dt.timedelta(hours=3)
+    langsmith.create_feedback_from_token(token.id, score=0.5, comment="helpful")
+    [entry] = stream_entries(redis_server)
+    assert entry["run_id"] == str(run_id)
+    assert entry["token_id"] == str(token.id)
+    assert entry["feedback_key"] == "user_score"
+    assert (entry["score"], entry["comment"]) == ("0.5", "helpful")
+    # A second, different submission through the SDK is refused.
+    with pytest.raises(LangSmithError, match="409"):
+        langsmith.create_feedback_from_token(token.id, score=1)
+    assert len(stream_entries(redis_server)) == 1
+
+
+def test_langsmith_expiration_forms(langsmith):
+    run_id = uuid.uuid4()
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).replace(microsecond=0)
+    token = langsmith.create_presigned_feedback_token(run_id, "k", expiration=at)
+    assert token.expires_at == at
+    token = langsmith.create_presigned_feedback_token(run_id, "k", expiration=dt.timedelta(hours=5))
+    delta = token.expires_at - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(hours=4, minutes=59) < delta <= dt.timedelta(hours=5)
+    with pytest.raises(LangSmithError, match="timedelta"):
+        langsmith.create_presigned_feedback_token(run_id, "k", expiration=dt.timedelta(seconds=30))
+
+
+def test_langsmith_batch_and_list(langsmith, redis_server):
+    run_id = uuid.uuid4()
+    keys = ["thumbs_up", "thumbs_down", "correctness"]
+    tokens = langsmith.create_presigned_feedback_tokens(
+        run_id, keys, feedback_configs=[None, None, {"type": "continuous", "min": 0, "max": 1}]
+    )
+    assert len(tokens) == 3
+    listed = list(langsmith.list_presigned_feedback_tokens(run_id))
+    assert [t.id for t in listed] == [t.id for t in tokens]
+    assert [t.url for t in listed] == [t.url for t in tokens]
+    langsmith.create_feedback_from_token(tokens[2].id, score=1)
+    assert [e["feedback_key"] for e in stream_entries(redis_server)] == ["correctness"]
+    assert len(list(langsmith.list_presigned_feedback_tokens(run_id, limit=2))) == 2
+
+
+def test_langsmith_lists_more_than_a_page(langsmith):
+    run_id = uuid.uuid4()
+    made = []
+    for _ in range(3):
+        made += [t.id for t in langsmith.create_presigned_feedback_tokens(run_id, [f"k{i}" for i in range(50)])]
+    listed = [t.id for t in langsmith.list_presigned_feedback_tokens(run_id)]
+    assert sorted(map(str, listed)) == sorted(map(str, made)) and len(listed) == 150
+
+
+def test_own_client_by_url_jwt_and_id(server, redis_server):
+    with Client(server.url, api_key=API_KEY) as admin, Client(server.url) as public:
+        run_id = uuid.uuid4()
+        first = admin.create_presigned_feedback_token(run_id, "by_url")
+        second, third = admin.create_presigned_feedback_tokens(run_id, ["by_jwt", "by_id"])
+        assert public.create_feedback_from_token(first["url"], score=1)["duplicate"] is False
+        jwt = second["url"].rsplit("/", 1)[1]
+        assert public.create_feedback_from_token(jwt, value="yes")["feedback_key"] == "by_jwt"
+        assert public.create_feedback_from_token(third["id"], comment="c")["feedback_key"] == "by_id"
+        assert public.create_feedback_from_token(third["id"], comment="c")["duplicate"] is True
+        with pytest.raises(FeedbackTokensError) as err:
+            public.create_feedback_from_token(third["id"], comment="other")
+        assert (err.value.status, err.value.code) == (409, "token_used")
+        listed = list(admin.list_presigned_feedback_tokens(run_id))
+        assert [t["status"] for t in listed] == ["used", "used", "used"]
+        admin.revoke_presigned_feedback_token(first["id"])
+        assert [t["status"] for t in admin.list_presigned_feedback_tokens(run_id)][0] == "revoked"
+        with pytest.raises(FeedbackTokensError) as err:
+            public.create_presigned_feedback_token(run_id, "no key")
+        assert err.value.code == "unauthorized"
+    assert [e["feedback_key"] for e in stream_entries(redis_server)] == ["by_url", "by_jwt", "by_id"]
+
+
+def test_own_client_expiration(server):
+    with Client(server.url, api_key=API_KEY) as admin:
+        token = admin.create_presigned_feedback_token(uuid.uuid4(), "k", expiration=dt.timedelta(days=1, minutes=3))
+        delta = dt.datetime.fromisoformat(token["expires_at"]) - dt.datetime.now(dt.UTC)
+        assert dt.timedelta(days=1, minutes=2) < delta <= dt.timedelta(days=1, minutes=3)

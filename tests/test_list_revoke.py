@@ -1,0 +1,122 @@
+"""Listing a run's tokens (SPEC 3.2) and revoking one (SPEC 3.3)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from conftest import API_KEY, TOKENS, token_of
+
+AUTH = {"X-API-Key": API_KEY}
+
+
+def _issue(client, run_id, key="k", **fields):
+    body = {"run_id": run_id, "feedback_key": key, **fields}
+    r = client.post(TOKENS, json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _list(client, run_id, **params):
+    r = client.get(TOKENS, params={"run_id": run_id, **params}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_list_shows_each_status_oldest_first(client, clock):
+    run = str(uuid.uuid4())
+    tokens = []
+    for key in ("active", "used", "revoked", "expired"):
+        expiry = {"minutes": 1} if key == "expired" else {"hours": 1}
+        tokens.append(_issue(client, run, key, expires_in=expiry))
+        clock.advance(1)
+    client.post(f"{TOKENS}/{token_of(tokens[1])}", json={"score": 1})
+    client.delete(f"{TOKENS}/{tokens[2]['id']}", headers=AUTH)
+    clock.advance(60)
+    listed = _list(client, run)
+    assert [t["feedback_key"] for t in listed] == ["active", "used", "revoked", "expired"]
+    assert [t["status"] for t in listed] == ["active", "used", "revoked", "expired"]
+    for item, issued in zip(listed, tokens, strict=True):
+        assert {k: item[k] for k in issued} == issued
+        assert item["created_at"]
+    created = [t["created_at"] for t in listed]
+    assert created == sorted(created) and len(set(created)) == 4
+
+
+def test_list_only_shows_that_run(client):
+    run, other = str(uuid.uuid4()), str(uuid.uuid4())
+    mine = _issue(client, run)
+    _issue(client, other)
+    assert [t["id"] for t in _list(client, run)] == [mine["id"]]
+    assert _list(client, str(uuid.uuid4())) == []
+
+
+def test_limit_and_offset_page_through(client, clock):
+    run = str(uuid.uuid4())
+    ids = []
+    for i in range(7):
+        ids.append(_issue(client, run, f"k{i}")["id"])
+        clock.advance(0.01)
+    assert [t["id"] for t in _list(client, run, limit=3)] == ids[:3]
+    assert [t["id"] for t in _list(client, run, limit=3, offset=3)] == ids[3:6]
+    assert [t["id"] for t in _list(client, run, limit=3, offset=6)] == ids[6:]
+    assert _list(client, run, offset=7) == []
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"run_id": "x"}, {"limit": "0"}, {"limit": "101"}, {"limit": "a"}, {"offset": "-1"}]
+)
+def test_bad_list_parameters_are_422(client, params):
+    query = {"run_id": str(uuid.uuid4()), **params} if "run_id" not in params else params
+    if params == {}:
+        query = {}
+    r = client.get(TOKENS, params=query, headers=AUTH)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+
+
+def test_list_and_revoke_need_the_api_key(client):
+    run = str(uuid.uuid4())
+    answer = _issue(client, run)
+    assert client.get(TOKENS, params={"run_id": run}).json()["code"] == "unauthorized"
+    r = client.delete(f"{TOKENS}/{answer['id']}", headers={"X-API-Key": "nope"})
+    assert r.status_code == 401
+    assert client.post(f"{TOKENS}/{token_of(answer)}", json={"score": 1}).status_code == 200
+
+
+def test_revoke_unknown_is_404_and_repeat_is_204(client):
+    answer = _issue(client, str(uuid.uuid4()))
+    for path in (str(uuid.uuid4()), "not-a-uuid", token_of(answer)):
+        r = client.delete(f"{TOKENS}/{path}", headers=AUTH)
+        assert r.status_code == 404 and r.json()["code"] == "token_not_found"
+    assert client.delete(f"{TOKENS}/{answer['id']}", headers=AUTH).status_code == 204
+    assert client.delete(f"{TOKENS}/{answer['id']}", headers=AUTH).status_code == 204
+
+
+def test_the_run_index_is_bounded(make_app, redis_server, clock):
+    """Index entries older than the longest lifetime are pruned; records expire with tokens."""
+    client = make_app(max_ttl=3600, default_ttl=600)
+    run = str(uuid.uuid4())
+    issued_at = int(clock.now())
+    old = [_issue(client, run, f"old{i}")["id"] for i in range(5)]
+    clock.advance(3600 + 31)
+    new = _issue(client, run, "new")["id"]
+    r = redis_server.client()
+    assert r.zrange(f"{{fbt}}:r:{run}", 0, -1) == [new.encode()]
+    for token_id in old:  # each record expires with its token (plus leeway): Redis drops it
+        assert r.expiretime(f"{{fbt}}:t:{token_id}") == issued_at + 600 + 30
+    assert r.expiretime(f"{{fbt}}:r:{run}") == int(clock.now()) + 600 + 30
+
+
+def test_consumed_markers_expire_with_their_token(client, redis_server):
+    answer = _issue(client, str(uuid.uuid4()), expires_in={"minutes": 10})
+    client.post(f"{TOKENS}/{token_of(answer)}", json={"score": 1})
+    ttl = redis_server.client().ttl(f"{{fbt}}:t:{answer['id']}")
+    assert 0 < ttl <= 600 + 30
+
+
+def test_list_forgets_tokens_whose_record_expired(client, redis_server):
+    run = str(uuid.uuid4())
+    gone, kept = _issue(client, run, "gone"), _issue(client, run, "kept")
+    redis_server.client().delete(f"{{fbt}}:t:{gone['id']}")  # what Redis expiry does
+    assert [t["id"] for t in _list(client, run)] == [kept["id"]]
+    assert redis_server.client().zrange(f"{{fbt}}:r:{run}", 0, -1) == [kept["id"].encode()]
