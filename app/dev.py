@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -92,6 +93,9 @@ def run_dev(root: Path, port: int) -> int:
         f"       -d '{{\"run_id\": \"{uuid.uuid4()}\", \"feedback_key\": \"user_score\"}}'\n",
         flush=True,
     )
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; turn that into an exit
+    # so the private Redis below is stopped with us rather than left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run("app.main:app", host="127.0.0.1", port=port, log_level="info")
     finally:
