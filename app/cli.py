@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from .config import Settings
 from .keyring import ALGORITHMS, KeyringDir, KeyringError
 
 
@@ -15,26 +16,85 @@ def _keys_dir(args: argparse.Namespace) -> KeyringDir:
     return KeyringDir(args.dir or os.environ.get("FEEDBACK_KEYS_DIR") or "keys")
 
 
+def _default_lifetime() -> float:
+    # The longest a token signed by the key may still verify: FEEDBACK_MAX_TTL plus the leeway
+    # that nodes allow on exp. Read leniently: the CLI must work with a partial environment.
+    def seconds(name: str, default: int) -> int:
+        raw = os.environ.get(name, "").strip()
+        return int(raw) if raw.isdigit() else default
+
+    return seconds("FEEDBACK_MAX_TTL", Settings.max_ttl) + seconds("FEEDBACK_LEEWAY", Settings.leeway)
+
+
+def _list(ring: KeyringDir) -> int:
+    entries = ring.entries()
+    if not entries:
+        print(f"no keys in {ring.path}")
+        return 0
+    rows = [("KID", "ALG", "STATE", "CREATED", "ACTIVATED", "SIGNED UNTIL", "HERE")]
+    for e in entries:
+        kid, state = e["kid"], e["state"]
+        if ring.private_path(kid).exists():
+            here = "private key" + (" (signs)" if state == "active" else "")
+        elif ring.public_path(kid).exists():
+            here = "public key only"
+        else:
+            here = "-" if state == "retired" else "MISSING"
+        signed_until = e.get("signed_until", "")
+        if state == "active":
+            signed_until = "(signing now)"
+        rows.append((kid, e["alg"], state, e["created_at"], e.get("activated_at", "-"), signed_until or "-", here))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    problems = [
+        f"{ring.private_path(e['kid'])} is mode {mode:o}: chmod 600 it"
+        for e in entries
+        if (mode := ring.exposed(e["kid"])) is not None
+    ]
+    try:
+        keyring = ring.load()
+    except KeyringError as err:
+        problems.append(f"this keyring does not load, so nodes keep their previous one: {err}")
+    else:
+        if keyring.active is None:
+            problems.append("no active key: nodes using this keyring can't issue tokens")
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     ring = _keys_dir(args)
     if args.action == "new":
-        print(ring.new(args.alg))
+        pending = ring.new(args.alg)
+        print(pending)  # alone on stdout, for KID=$(feedback-tokens keys new)
+        print(
+            f"{pending} is pending: it verifies and is published, and doesn't sign. Let every node see "
+            f"it (one reload interval; sync verify-only keyrings first), then: keys activate {pending}",
+            file=sys.stderr,
+        )
     elif args.action == "activate":
         previous = ring.activate(args.kid)
-        print(f"{args.kid} is now the active signer" + (f"; {previous} verifies only" if previous else ""))
+        print(
+            f"{args.kid} is now the active signer"
+            + (f"; {previous} is pending again: it verifies the tokens it signed until you retire it "
+               "(wait the longest token lifetime first)" if previous else "")
+        )
     elif args.action == "retire":
-        ring.retire(args.kid, force=args.force)
-        print(f"{args.kid} retired: tokens it signed no longer verify")
+        lifetime = args.token_lifetime if args.token_lifetime is not None else _default_lifetime()
+        was = ring.retire(args.kid, force=args.force, token_lifetime=lifetime)
+        if was == "retired":
+            print(f"{args.kid} was already retired; nothing done")
+        else:
+            print(f"{args.kid} retired: tokens it signed get 401 token_invalid within one reload interval")
+            if was == "active":
+                print("warning: no key signs now; run keys new and keys activate", file=sys.stderr)
     elif args.action == "init":
         kid = ring.init(args.alg)
         print(f"created and activated {kid}" if kid else "keyring already has keys; nothing done")
     elif args.action == "list":
-        entries = ring.entries()
-        if not entries:
-            print(f"no keys in {ring.path}")
-        for e in entries:
-            private = "private" if ring.private_path(e["kid"]).exists() else "public-only"
-            print(f"{e['kid']}\t{e['alg']}\t{e['state']}\t{e['created_at']}\t{private}")
+        return _list(ring)
     elif args.action == "jwks":
         print(json.dumps(ring.load().jwks(), indent=2))
     return 0
@@ -78,10 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("activate", help="make a pending key the signer").add_argument("kid")
     retire = actions.add_parser("retire", help="retire a key: its tokens stop verifying")
     retire.add_argument("kid")
-    retire.add_argument("--force", action="store_true", help="allow retiring the active key")
+    retire.add_argument(
+        "--force",
+        action="store_true",
+        help="retire even the active key, or one whose tokens may still be live (a leaked key)",
+    )
+    retire.add_argument(
+        "--token-lifetime",
+        type=float,
+        metavar="SECONDS",
+        help="refuse (without --force) to retire a key that signed less than this long ago "
+        "(default: $FEEDBACK_MAX_TTL + $FEEDBACK_LEEWAY)",
+    )
     init = actions.add_parser("init", help="create and activate a key if the keyring is empty")
     init.add_argument("--alg", choices=ALGORITHMS, default="EdDSA")
-    actions.add_parser("list", help="list keys: kid, alg, state, created, private or public-only")
+    actions.add_parser("list", help="list keys and their states; warns (exit 1) about problems")
     actions.add_parser("jwks", help="print the JWK Set (pending and active public keys)")
     keys.set_defaults(func=cmd_keys)
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .policy import origin
+
 
 class ConfigError(ValueError):
     """A setting in the environment is malformed."""
@@ -50,8 +52,31 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = []
+    for raw in _list(env, name):
+        normal = origin(raw.rstrip("/"))
+        if normal is None:
+            raise ConfigError(f"{name}: {raw!r} is not an origin like https://app.example.com")
+        origins.append(normal)
+    return tuple(origins)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -74,7 +99,15 @@ class Settings:
     retry_after: int = 5
     # Origins that a token's success redirect may point to.
     redirect_origins: tuple[str, ...] = field(default_factory=tuple)
+    # Development only: serve /demo, which issues tokens without an API key.
+    demo: bool = False
+    # Verify-only node fed by an issuer's JWK Set instead of a keys directory.
     jwks_url: str | None = None
+    # Seconds between JWKS fetches: a key retired at the issuer stops verifying here within
+    # this (plus one issuer reload), so it stays under SPEC's 5 s by default.
+    jwks_refresh: float = 4.0
+    # Least seconds between the extra fetches that unknown kids trigger (forged kids are free).
+    jwks_refetch_floor: float = 10.0
 
     @property
     def stream_key(self) -> str:
@@ -104,6 +137,9 @@ class Settings:
             leeway=_int(env, "FEEDBACK_LEEWAY", cls.leeway, minimum=0),
             keyring_poll=_float(env, "FEEDBACK_KEYRING_POLL", cls.keyring_poll),
             redis_timeout=_float(env, "FEEDBACK_REDIS_TIMEOUT", cls.redis_timeout),
-            redirect_origins=_list(env, "FEEDBACK_REDIRECT_ORIGINS"),
-            jwks_url=env.get("FEEDBACK_JWKS_URL", "").strip() or None,
+            redirect_origins=_origins(env, "FEEDBACK_REDIRECT_ORIGINS"),
+            demo=_flag(env, "FEEDBACK_DEMO"),
+            jwks_url=_url(env, "FEEDBACK_JWKS_URL"),
+            jwks_refresh=_float(env, "FEEDBACK_JWKS_REFRESH", cls.jwks_refresh),
+            jwks_refetch_floor=_float(env, "FEEDBACK_JWKS_REFETCH_FLOOR", cls.jwks_refetch_floor),
         )

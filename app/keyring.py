@@ -1,10 +1,12 @@
 """The keyring: signing keys on disk, their states, and the snapshot that running nodes use.
 
-On disk (``FEEDBACK_KEYS_DIR``)::
+On disk (``FEEDBACK_KEYS_DIR``, created mode 0700)::
 
-    keyring.json        {"version": 1, "keys": [{"kid", "alg", "state", "created_at"}, ...]}
+    keyring.json        {"version": 1, "keys": [{"kid", "alg", "state", "created_at",
+                                                  "activated_at"?, "signed_until"?}, ...]}
     <kid>.key.pem       private key, PKCS#8, mode 0600 (absent on verify-only nodes)
     <kid>.pub.pem       public key, SubjectPublicKeyInfo
+    .lock               taken (flock) by the lifecycle commands, so two never interleave
 
 States: ``pending`` (verifies, published in JWKS, never signs), ``active`` (the one signer; also
 verifies) and ``retired`` (neither). ``keyring.json`` is the single source of truth for states and
@@ -12,17 +14,25 @@ is only ever replaced whole (write to a temporary file, fsync, rename), so a rea
 keyring or the new one, never half of either. Key files are written before the manifest names
 them, and a manifest that fails validation is never swapped in.
 
-A node whose keyring holds no private key for its active key is verify-only.
+``activate`` sends the previous signer back to ``pending``: it stops signing at once but keeps
+verifying the tokens it signed until it is retired. ``signed_until`` records when a key last
+stopped signing, so ``retire`` can refuse to cut off tokens that may still be live.
+
+A node whose keyring holds no private key for its active key is verify-only. A keyring can also
+come from an issuer's JWK Set (``keyring_from_jwks``); such keys only ever verify.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -32,7 +42,11 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from jwt import PyJWK
 from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm
+from jwt.exceptions import PyJWTError
+
+from .clock import Clock
 
 Alg = Literal["EdDSA", "ES256"]
 State = Literal["pending", "active", "retired"]
@@ -40,9 +54,15 @@ ALGORITHMS: tuple[Alg, ...] = ("EdDSA", "ES256")
 STATES: tuple[State, ...] = ("pending", "active", "retired")
 MANIFEST = "keyring.json"
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Optional timestamps a manifest entry may carry (ISO 8601), kept as written.
+_TIMES = ("created_at", "activated_at", "signed_until")
+# The (kty, crv) each algorithm's JWK must have.
+_JWK_SHAPE: dict[Alg, tuple[str, str]] = {"EdDSA": ("OKP", "Ed25519"), "ES256": ("EC", "P-256")}
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+log = logging.getLogger("feedback_tokens.keys")
 
 
 class KeyringError(Exception):
@@ -78,12 +98,13 @@ class Key:
     def sign(self, signing_input: bytes) -> bytes:
         if self.private_key is None:
             raise KeyringError(f"key {self.kid} has no private key on this node")
-        return self.algorithm.sign(signing_input, self.private_key)  # type: ignore[no-any-return]
+        return self.algorithm.sign(signing_input, self.private_key)
 
     def verify(self, signing_input: bytes, signature: bytes) -> bool:
         return bool(self.algorithm.verify(signing_input, self.public_key, signature))
 
     def jwk(self) -> dict[str, Any]:
+        # to_jwk of the *public* key: a JWK built from it can't carry "d".
         jwk: dict[str, Any] = self.algorithm.to_jwk(self.public_key, as_dict=True)
         jwk.update(kid=self.kid, alg=self.alg, use="sig")
         return jwk
@@ -117,12 +138,74 @@ class Keyring:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.jwk() for k in self.keys.values() if k.verifies]}
 
+    def describe(self) -> str:
+        return ", ".join(f"{k.kid}:{k.state}" for k in self.keys.values()) or "empty"
+
     def __len__(self) -> int:
         return len(self.keys)
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+# -- JWK Sets (verify-only nodes) ---------------------------------------------------------------
+
+
+def key_from_jwk(jwk: Any) -> Key:
+    """One public JWK as a verifying key, its algorithm pinned. Raise ``KeyringError`` for a
+    JWK we must not or cannot use: private material, not for signatures, an algorithm or curve
+    we don't issue (the algorithm is never guessed from anything but kty/crv)."""
+    if not isinstance(jwk, dict):
+        raise KeyringError("a JWK must be an object")
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not KID_RE.match(kid):
+        raise KeyringError(f"JWK with bad kid {kid!r}")
+    if "d" in jwk:
+        raise KeyringError(f"JWK {kid} carries private material; the issuer must publish public keys only")
+    if jwk.get("use", "sig") != "sig":
+        raise KeyringError(f"JWK {kid} is not for signatures (use={jwk.get('use')!r})")
+    alg = jwk.get("alg")
+    shape = (jwk.get("kty"), jwk.get("crv"))
+    if alg is None:
+        alg = next((a for a, s in _JWK_SHAPE.items() if s == shape), None)
+    if alg not in ALGORITHMS:
+        raise KeyringError(f"JWK {kid}: unsupported alg {alg!r} (kty {shape[0]!r}, crv {shape[1]!r})")
+    if _JWK_SHAPE[alg] != shape:
+        raise KeyringError(f"JWK {kid}: alg {alg} needs kty/crv {_JWK_SHAPE[alg]}, not {shape}")
+    try:
+        public = PyJWK(jwk, algorithm=alg).key
+    except (PyJWTError, ValueError, TypeError) as err:  # malformed members: pyjwt raises all three
+        raise KeyringError(f"JWK {kid}: {err}") from err
+    _check_alg(kid, alg, public)
+    # "pending": verifies, never signs. The set doesn't say which key signs, and here none does.
+    return Key(kid, alg, "pending", "", public)
+
+
+def keyring_from_jwks(raw: bytes) -> tuple[Keyring, list[str]]:
+    """A JWK Set as a keyring, plus why each key left out was left out.
+
+    A set that is not a JWK Set, or that names a kid twice, is refused whole (``KeyringError``):
+    the caller keeps its last good keyring. Single unusable keys are skipped, so an issuer that
+    one day publishes a key type we don't know doesn't stop us verifying the ones we do.
+    """
+    try:
+        doc = json.loads(raw)
+    except ValueError as err:
+        raise KeyringError(f"not a JWK Set: {err}") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise KeyringError('not a JWK Set: expected {"keys": [...]}')
+    keys: dict[str, Key] = {}
+    skipped: list[str] = []
+    for jwk in doc["keys"]:
+        try:
+            key = key_from_jwk(jwk)
+        except KeyringError as err:
+            skipped.append(str(err))
+            continue
+        if key.kid in keys:
+            raise KeyringError(f"JWK Set names kid {key.kid} twice")
+        keys[key.kid] = key
+    return Keyring(keys), skipped
+
+
+# -- the directory ------------------------------------------------------------------------------
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -167,28 +250,55 @@ def _parse_manifest(raw: bytes) -> list[dict[str, str]]:
         if state not in STATES:
             raise KeyringError(f"{MANIFEST}: key {kid} has unknown state {state!r}")
         seen.add(kid)
-        entries.append(
-            {"kid": kid, "alg": alg, "state": state, "created_at": str(entry.get("created_at", ""))}
-        )
-    if sum(1 for e in entries if e["state"] == "active") > 1:
-        raise KeyringError(f"{MANIFEST}: more than one active key")
+        parsed = {"kid": kid, "alg": alg, "state": state, "created_at": str(entry.get("created_at", ""))}
+        parsed.update({name: str(entry[name]) for name in _TIMES[1:] if entry.get(name)})
+        entries.append(parsed)
+    active = [e["kid"] for e in entries if e["state"] == "active"]
+    if len(active) > 1:
+        raise KeyringError(f"{MANIFEST}: more than one active key ({', '.join(active)}); exactly one may sign")
     return entries
 
 
 def _check_alg(kid: str, alg: str, public: object) -> None:
     if alg == "EdDSA" and not isinstance(public, ed25519.Ed25519PublicKey):
-        raise KeyringError(f"key {kid}: alg EdDSA needs an Ed25519 key")
+        raise KeyringError(f"key {kid}: alg EdDSA needs an Ed25519 public key")
     if alg == "ES256" and not (
         isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1)
     ):
-        raise KeyringError(f"key {kid}: alg ES256 needs a P-256 key")
+        raise KeyringError(f"key {kid}: alg ES256 needs a P-256 public key")
+
+
+def _check_dir(path: Path) -> None:
+    """Refuse a keys directory that anyone may write to: whoever can replace keyring.json and a
+    pem file can make every node accept their tokens. A read-only mount (a Kubernetes secret or
+    config map, whose directories show mode 1777) is safe whatever its mode says."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_mode & stat.S_IWOTH and not os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise KeyringError(
+            f"{path} is world-writable (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"anyone could replace its keys: chmod o-w {path}"
+        )
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class KeyringDir:
     """The keyring directory: loading it, and the lifecycle commands of SPEC section 6."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, clock: Clock | None = None) -> None:
         self.path = Path(path)
+        self.clock = clock or Clock()
 
     @property
     def manifest(self) -> Path:
@@ -200,25 +310,40 @@ class KeyringDir:
     def public_path(self, kid: str) -> Path:
         return self.path / f"{kid}.pub.pem"
 
-    def stamp(self) -> tuple[int, int, int] | None:
-        """Cheap fingerprint of the manifest, to notice a change without reading it."""
+    def fingerprint(self) -> bytes | None:
+        """A digest of everything ``load`` reads: the manifest's bytes and each pem file's
+        identity, so a change is noticed even when a rename lands on a recycled inode within
+        one timestamp tick. A few hundred bytes and a few stat calls: cheap enough to poll."""
         try:
-            st = os.stat(self.manifest)
+            digest = hashlib.sha256(self.manifest.read_bytes())
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        try:
+            names = sorted(n for n in os.listdir(self.path) if n.endswith(".pem"))
+            digest.update(repr(os.stat(self.path).st_mode).encode())
+        except FileNotFoundError:
+            return None
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(self.path / name)
+                digest.update(repr((name, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)).encode())
+        return digest.digest()
 
-    def entries(self) -> list[dict[str, str]]:
+    def entries(self, missing_ok: bool = True) -> list[dict[str, str]]:
         try:
             raw = self.manifest.read_bytes()
         except FileNotFoundError:
-            return []
+            if missing_ok:
+                return []
+            raise KeyringError(f"{self.manifest} is missing") from None
         return _parse_manifest(raw)
 
-    def load(self) -> Keyring:
-        """Read and validate the whole keyring; raise rather than return part of one."""
+    def load(self, missing_ok: bool = True) -> Keyring:
+        """Read and validate the whole keyring; raise rather than return part of one. No
+        manifest is an empty keyring, unless ``missing_ok`` is false."""
+        _check_dir(self.path)
         keys: dict[str, Key] = {}
-        for entry in self.entries():
+        for entry in self.entries(missing_ok):
             kid, alg, state = entry["kid"], entry["alg"], entry["state"]
             if state == "retired":
                 continue  # neither signs nor verifies: don't even read its files
@@ -226,13 +351,14 @@ class KeyringDir:
             try:
                 pem = self.private_path(kid).read_bytes()
             except FileNotFoundError:
-                pem = None
+                pem = None  # verify-only for this key (or it was retired while we read)
             if pem is not None:
                 try:
                     private = serialization.load_pem_private_key(pem, password=None)
                 except ValueError as err:
                     raise KeyringError(f"key {kid}: unreadable private key") from err
                 public: Any = private.public_key()
+                self._warn_if_exposed(kid)
             else:
                 try:
                     public = serialization.load_pem_public_key(self.public_path(kid).read_bytes())
@@ -244,101 +370,152 @@ class KeyringDir:
             keys[kid] = Key(kid, alg, state, entry["created_at"], public, private)  # type: ignore[arg-type]
         return Keyring(keys)
 
+    def exposed(self, kid: str) -> int | None:
+        """The mode of a private key file that group or others may read, else None."""
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(os.stat(self.private_path(kid)).st_mode)
+            if mode & 0o077:
+                return mode
+        return None
+
+    def _warn_if_exposed(self, kid: str) -> None:
+        # A warning, not a refusal: the key is loaded all the same (refusing would not un-leak
+        # it), and mounted secrets are often 0644 inside a container that is the only reader.
+        mode = self.exposed(kid)
+        if mode is not None:
+            log.warning("%s is mode %o: other users may read this signing key; chmod 600 it",
+                        self.private_path(kid), mode)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[list[dict[str, str]]]:
-        self.path.mkdir(parents=True, exist_ok=True)
+        # 0700: the directory holds private keys; mkdir leaves an existing directory's mode alone.
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_dir(self.path)
         with open(self.path / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield self.entries()
 
     def _save(self, entries: list[dict[str, str]]) -> None:
-        _parse_manifest(json.dumps({"version": 1, "keys": entries}).encode())  # validate first
         body = json.dumps({"version": 1, "keys": entries}, indent=2) + "\n"
+        _parse_manifest(body.encode())  # never write what a node would refuse to load
         _write_atomic(self.manifest, body.encode())
+
+    def _now(self) -> str:
+        return datetime.fromtimestamp(self.clock.now(), UTC).isoformat(timespec="seconds")
+
+    def _new_locked(self, entries: list[dict[str, str]], alg: Alg) -> str:
+        if alg not in ALGORITHMS:
+            raise KeyringError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
+        private: PrivateKey = (
+            ed25519.Ed25519PrivateKey.generate() if alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+        )
+        kid = secrets.token_urlsafe(6)
+        while any(e["kid"] == kid for e in entries) or self.public_path(kid).exists():
+            kid = secrets.token_urlsafe(6)
+        # Both files before the manifest names the key: a node never sees a kid without its key.
+        _write_atomic(
+            self.private_path(kid),
+            private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            mode=0o600,
+        )
+        _write_atomic(
+            self.public_path(kid),
+            private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+        entries.append({"kid": kid, "alg": alg, "state": "pending", "created_at": self._now()})
+        self._save(entries)
+        return kid
+
+    def _activate_locked(self, entries: list[dict[str, str]], kid: str) -> str | None:
+        entry = _find(entries, kid)
+        if entry["state"] == "retired":
+            raise KeyringError(
+                f"key {kid} is retired and a retired key never comes back (tokens it signed were "
+                "cut off on purpose); create a new key with `keys new` and activate that"
+            )
+        if entry["state"] == "active":
+            return None
+        if not self.private_path(kid).exists():
+            raise KeyringError(f"key {kid} has no private key in {self.path}; activate it on the issuer")
+        now, previous = self._now(), None
+        for e in entries:
+            if e["state"] == "active":
+                # Back to pending: it stops signing now, and keeps verifying what it signed.
+                e["state"], e["signed_until"], previous = "pending", now, e["kid"]
+        entry["state"], entry["activated_at"] = "active", now
+        self._save(entries)
+        return previous
 
     def new(self, alg: Alg = "EdDSA") -> str:
         """Create a pending key; never changes who signs. Returns its kid."""
-        if alg not in ALGORITHMS:
-            raise KeyringError(f"unsupported algorithm {alg!r}; choose one of {ALGORITHMS}")
-        private: PrivateKey = (
-            ed25519.Ed25519PrivateKey.generate()
-            if alg == "EdDSA"
-            else ec.generate_private_key(ec.SECP256R1())
-        )
         with self._locked() as entries:
-            kid = secrets.token_urlsafe(6)
-            while any(e["kid"] == kid for e in entries):
-                kid = secrets.token_urlsafe(6)
-            _write_atomic(
-                self.private_path(kid),
-                private.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-                mode=0o600,
-            )
-            _write_atomic(
-                self.public_path(kid),
-                private.public_key().public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                ),
-            )
-            entries.append({"kid": kid, "alg": alg, "state": "pending", "created_at": _now_iso()})
-            self._save(entries)
-        return kid
+            return self._new_locked(entries, alg)
 
     def activate(self, kid: str) -> str | None:
         """Make a pending key the signer; the previous signer goes back to pending (it still
         verifies the tokens it signed). Returns the previous signer's kid."""
         with self._locked() as entries:
-            entry = _find(entries, kid)
-            if entry["state"] == "retired":
-                raise KeyringError(f"key {kid} is retired; a retired key never comes back")
-            if entry["state"] == "active":
-                return None
-            if not self.private_path(kid).exists():
-                raise KeyringError(
-                    f"key {kid} has no private key in {self.path}; activate it on the issuer"
-                )
-            previous = None
-            for e in entries:
-                if e["state"] == "active":
-                    e["state"], previous = "pending", e["kid"]
-            entry["state"] = "active"
-            self._save(entries)
-        return previous
+            return self._activate_locked(entries, kid)
 
-    def retire(self, kid: str, *, force: bool = False) -> None:
-        """Retire a key: its tokens stop verifying. The private key file is removed."""
+    def retire(self, kid: str, *, force: bool = False, token_lifetime: float | None = None) -> State:
+        """Retire a key: its tokens stop verifying, on every node, within one reload interval.
+        The private key file is removed. Returns the state the key was in.
+
+        Refused without ``force``: retiring the active signer (activate another key first), and,
+        when ``token_lifetime`` (seconds) is given, retiring a key that signed tokens less than
+        that long ago, as those tokens may still be live. ``force`` is the emergency path for a
+        leaked key: every token it signed fails at once with 401 token_invalid.
+        """
         with self._locked() as entries:
             entry = _find(entries, kid)
-            if entry["state"] == "active" and not force:
+            previous: State = entry["state"]  # type: ignore[assignment]
+            if previous == "retired":
+                return previous
+            if previous == "active" and not force:
                 raise KeyringError(
                     f"key {kid} is the active signer; activate another key first "
                     "(or pass --force to stop signing on this keyring at once)"
                 )
+            signed_until = _parse_time(entry.get("signed_until"))
+            if not force and token_lifetime is not None and signed_until is not None:
+                live_until = signed_until.timestamp() + token_lifetime
+                if self.clock.now() < live_until:
+                    until = datetime.fromtimestamp(live_until, UTC).isoformat(timespec="seconds")
+                    raise KeyringError(
+                        f"key {kid} signed tokens until {entry['signed_until']}; with a token lifetime "
+                        f"of {token_lifetime:.0f} s they may verify until {until}, and retiring it now "
+                        "makes them fail with 401 token_invalid. Wait, or pass --force"
+                    )
+            if previous == "active":
+                entry["signed_until"] = self._now()
             entry["state"] = "retired"
             self._save(entries)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.private_path(kid))
+            return previous
 
     def init(self, alg: Alg = "EdDSA") -> str | None:
         """Create and activate a key when the keyring is empty. Returns the new kid, or None."""
-        if self.entries():
-            return None
-        kid = self.new(alg)
-        self.activate(kid)
-        return kid
+        with self._locked() as entries:
+            if entries:
+                return None
+            kid = self._new_locked(entries, alg)
+            self._activate_locked(entries, kid)
+            return kid
 
 
 def _find(entries: list[dict[str, str]], kid: str) -> dict[str, str]:
     for entry in entries:
         if entry["kid"] == kid:
             return entry
-    raise KeyringError(f"no key {kid!r} in the keyring")
+    known = ", ".join(e["kid"] for e in entries) or "none"
+    raise KeyringError(f"no key {kid!r} in the keyring (keys: {known})")
 
 
 def with_state(key: Key, state: State) -> Key:

@@ -3,6 +3,11 @@
 Every process (each uvicorn worker) runs its own source: the current ``Keyring`` is an immutable
 snapshot held in one attribute, replaced whole when a newer, valid keyring has been read. A
 request that started with the old snapshot finishes with it; nothing is locked on the hot path.
+A keyring that fails to load or parse is never swapped in: the node keeps the last good one and
+says why in ``error`` (shown by ``/readyz``) and in the log.
+
+- ``DirectorySource``: a keyring directory (``FEEDBACK_KEYS_DIR``), full or public keys only.
+- ``JwksSource``: an issuer's ``/.well-known/jwks.json`` (``FEEDBACK_JWKS_URL``); verify-only.
 """
 
 from __future__ import annotations
@@ -10,10 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
-from .keyring import Keyring, KeyringDir, KeyringError
+import httpx
+
+from .keyring import Keyring, KeyringDir, KeyringError, keyring_from_jwks
 
 log = logging.getLogger("feedback_tokens.keys")
+
+# A JWK Set of a few keys is a few hundred bytes; anything near this is not one.
+MAX_JWKS_BYTES = 64 * 1024
 
 
 class KeySource:
@@ -23,7 +35,8 @@ class KeySource:
     error: str | None = None
 
     async def start(self) -> None:
-        """Load once (raise if nothing usable) and begin watching for changes."""
+        """Load once and begin watching for changes. Never raises for a missing or bad keyring:
+        the node starts, ``/readyz`` says why it isn't ready, and the watcher keeps trying."""
 
     async def stop(self) -> None:
         pass
@@ -34,32 +47,47 @@ class KeySource:
 
 
 class DirectorySource(KeySource):
-    """A keyring directory, polled every ``interval`` seconds (a stat call; re-read on change)."""
+    """A keyring directory, polled every ``interval`` seconds (a small read and a few stats;
+    re-read and validated in full only when something changed)."""
 
-    def __init__(self, directory: KeyringDir, interval: float = 1.0) -> None:
+    # Unknown kids trigger a look at the directory at most this often: a stream of tokens with
+    # made-up kids must not turn into a stream of keyring reads.
+    unknown_kid_floor = 0.2
+
+    def __init__(
+        self, directory: KeyringDir, interval: float = 1.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.directory = directory
         self.interval = interval
-        self._stamp: tuple[int, int, int] | None = None
+        self.monotonic = monotonic
+        self._fingerprint: bytes | None = None  # of the keyring last loaded (None: no manifest)
+        self._loaded = False
+        self._last_unknown_kid = float("-inf")
         self._task: asyncio.Task[None] | None = None
 
     def reload(self) -> bool:
-        """Re-read the keyring if the manifest changed. A keyring that fails validation is
+        """Re-read the keyring if it changed on disk. A keyring that fails validation is
         never swapped in: the node keeps verifying with the last good one."""
-        stamp = self.directory.stamp()
-        if stamp == self._stamp:
+        fingerprint = self.directory.fingerprint()
+        if self._loaded and fingerprint == self._fingerprint:
+            if self.error is not None:  # put back as it was: what we hold is what's on disk
+                log.info("keyring in %s is back to the loaded one", self.directory.path)
+                self.error = None
             return False
         try:
-            keyring = self.directory.load()
+            # A manifest that vanishes is never meant (retiring every key still leaves one): a
+            # directory being replaced or unmounted must not wipe a running node's keys.
+            keyring = self.directory.load(missing_ok=not len(self.keyring))
         except (KeyringError, OSError) as err:
             if self.error != str(err):
-                log.error("keyring in %s not loaded, keeping the previous one: %s",
-                          self.directory.path, err)
+                log.error("keyring in %s not loaded, keeping the previous one (%s): %s",
+                          self.directory.path, self.keyring.describe(), err)
             self.error = str(err)
             return False
-        # Only remember the stamp of what we actually loaded, so a half-written file seen
-        # between two writes is read again on the next tick.
-        self._stamp, self.keyring, self.error = stamp, keyring, None
-        log.info("keyring loaded: %s", ", ".join(f"{k.kid}:{k.state}" for k in keyring.keys.values()) or "empty")
+        # Only remember the fingerprint of what loaded: a failed or half-synced state is tried
+        # again on the next tick, and its error logged again only if it changes.
+        self._fingerprint, self._loaded, self.keyring, self.error = fingerprint, True, keyring, None
+        log.info("keyring loaded from %s: %s", self.directory.path, keyring.describe())
         return True
 
     async def start(self) -> None:
@@ -81,5 +109,131 @@ class DirectorySource(KeySource):
                 await self._task
 
     async def on_unknown_kid(self, kid: str) -> bool:
-        # A key published a moment ago may not have been picked up yet: one cheap stat.
+        # A key activated a moment ago may not have been picked up yet: look now, within limits.
+        now = self.monotonic()
+        if now - self._last_unknown_kid < self.unknown_kid_floor:
+            return False
+        self._last_unknown_kid = now
         return self.reload()
+
+
+class JwksSource(KeySource):
+    """Verify-only: the public keys an issuer publishes at ``url``.
+
+    Fetched at start, then every ``refresh`` seconds, and again when a token names a kid we
+    don't hold, but never more often than once per ``refetch_floor`` seconds for that reason,
+    so tokens with forged kids can't make a fleet hammer its issuer. Every key of the set
+    verifies (the issuer publishes pending and active keys, never retired ones, so a key that
+    leaves the set stops verifying at the next refresh). An unreachable issuer, an error answer
+    or something that is not a JWK Set leaves the last good set in place.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        refresh: float = 4.0,
+        refetch_floor: float = 10.0,
+        timeout: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.refresh_interval = refresh
+        self.refetch_floor = refetch_floor
+        self.timeout = timeout
+        self.monotonic = monotonic
+        self._raw: bytes | None = None
+        self._last_refetch = float("-inf")
+        self._client: httpx.AsyncClient | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=self.timeout,
+            follow_redirects=False,
+            # Ask caches between us and the issuer to revalidate: a retired key must leave
+            # every node within one refresh, not when some proxy's copy expires.
+            headers={"Accept": "application/jwk-set+json, application/json", "Cache-Control": "no-cache"},
+        )
+        await self.refresh()
+        self._task = asyncio.create_task(self._watch(), name="jwks-watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                await self.refresh()
+            except Exception:  # never let the watcher die
+                log.exception("JWKS refresh failed")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._inflight):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def refresh(self) -> bool:
+        """Fetch the set once (joining a fetch already under way). True if the keyring changed."""
+        task = self._inflight
+        if task is None:
+            task = self._inflight = asyncio.create_task(self._fetch(), name="jwks-fetch")
+            task.add_done_callback(self._fetched)
+        # Shielded: a request that gives up waiting doesn't cancel the fetch others wait on.
+        return await asyncio.shield(task)
+
+    def _fetched(self, task: asyncio.Task[bool]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+
+    async def on_unknown_kid(self, kid: str) -> bool:
+        now = self.monotonic()
+        if self._inflight is None and now - self._last_refetch < self.refetch_floor:
+            return False
+        if self._inflight is None:
+            self._last_refetch = now
+        return await self.refresh()
+
+    async def _fetch(self) -> bool:
+        if self._client is None:
+            raise RuntimeError("JwksSource.start() was not awaited")
+        try:
+            try:
+                raw = await self._get(self._client)
+            except httpx.HTTPError as err:
+                raise KeyringError(f"could not fetch it: {type(err).__name__}: {err}") from err
+            if raw == self._raw:
+                self._ok()
+                return False
+            keyring, skipped = keyring_from_jwks(raw)
+        except KeyringError as err:
+            message = f"JWKS from {self.url} not loaded, keeping the previous keys ({self.keyring.describe()}): {err}"
+            if self.error != message:
+                log.error("%s", message)
+            self.error = message
+            return False
+        for reason in skipped:
+            log.warning("JWKS from %s: key skipped: %s", self.url, reason)
+        self._raw, self.keyring = raw, keyring
+        self._ok()
+        log.info("keys loaded from %s: %s", self.url, keyring.describe())
+        return True
+
+    def _ok(self) -> None:
+        if self.error is not None:
+            log.info("JWKS from %s loads again", self.url)
+        self.error = None
+
+    async def _get(self, client: httpx.AsyncClient) -> bytes:
+        async with client.stream("GET", self.url) as response:
+            if response.status_code != 200:
+                raise KeyringError(f"the issuer answered {response.status_code}")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_JWKS_BYTES:
+                    raise KeyringError(f"answer larger than {MAX_JWKS_BYTES} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)

@@ -16,13 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import endpoints, openapi
+from . import assets, demo, endpoints, openapi
 from .clock import Clock
 from .config import Settings
 from .errors import FeedbackTokenError, MethodNotAllowed, NotFound
 from .keyring import KeyringDir
-from .keysource import DirectorySource, KeySource
-from .middleware import SecurityHeaders
+from .keysource import DirectorySource, JwksSource, KeySource
+from .middleware import BASE_HEADERS, SecurityHeaders
 from .store import Store
 
 log = logging.getLogger("feedback_tokens")
@@ -62,7 +62,10 @@ async def on_error(request: Request, exc: Exception) -> Response:
             return problem(MethodNotAllowed(f"{request.method} is not allowed here"))
         return problem(NotFound(f"nothing at {redact(request.url.path)}"))
     log.exception("unhandled error on %s %s", request.method, redact(request.url.path))
-    return problem(FeedbackTokenError("something went wrong on our side"))
+    response = problem(FeedbackTokenError("something went wrong on our side"))
+    # Starlette answers this from its outermost middleware, outside SecurityHeaders.
+    response.headers.update(BASE_HEADERS)
+    return response
 
 
 class Readiness:
@@ -91,6 +94,8 @@ class Readiness:
         keyring = self.keys.keyring
         if any(k.verifies for k in keyring.keys.values()):
             checks["keys"] = {"ok": True, "signing": keyring.signer is not None}
+            if self.keys.error:  # still serving, with the last good keyring: say why it's stale
+                checks["keys"]["detail"] = self.keys.error
         else:
             checks["keys"] = {"ok": False, "detail": self.keys.error or "no key that verifies"}
         return checks
@@ -106,6 +111,8 @@ def create_app(
 
     settings = settings or Settings.from_env()
     clock = clock or Clock()
+    if keys is None and settings.jwks_url:
+        keys = JwksSource(settings.jwks_url, settings.jwks_refresh, settings.jwks_refetch_floor)
     keys = keys or DirectorySource(KeyringDir(settings.keys_dir), settings.keyring_poll)
     store = Store.from_url(
         settings.redis_url, settings.redis_prefix, settings.redis_timeout, settings.retry_after
@@ -127,11 +134,21 @@ def create_app(
             endpoints.token_path,
             methods=["GET", "HEAD", "POST", "DELETE"],
         ),
+        Route("/api/v1/feedback/tokens/{token}/info", endpoints.token_info, methods=["GET"]),
+        Route("/widget.js", assets.widget, methods=["GET"]),
         Route("/.well-known/jwks.json", endpoints.jwks, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.endpoint, methods=["GET"]),
     ]
+    if settings.demo:
+        log.warning("FEEDBACK_DEMO is on: /demo issues tokens without an API key (development only)")
+        routes += [
+            Route("/demo", demo.page, methods=["GET"]),
+            Route("/demo/demo.js", demo.script, methods=["GET"]),
+            Route("/demo/token", demo.issue, methods=["POST"]),
+            Route("/demo/entries", demo.entries, methods=["GET"]),
+        ]
     middleware = [
         Middleware(SecurityHeaders),
         # Any page may submit to a token URL, without credentials. X-API-Key is not an allowed

@@ -1,0 +1,340 @@
+"""The keyring on disk and its reload (SPEC section 6): lifecycle, refusals, files, safe reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, TOKENS, token_of
+from keysync import sync_public
+from starlette.testclient import TestClient
+
+from app.clock import FrozenClock
+from app.keyring import KeyringDir, KeyringError
+from app.keysource import DirectorySource
+
+AUTH = {"X-API-Key": API_KEY}
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _issue(client: TestClient) -> str:
+    r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return token_of(r.json())
+
+
+def _submit(client: TestClient, token: str) -> tuple[int, str | None]:
+    r = client.post(f"{TOKENS}/{token}", json={"score": 1})
+    return r.status_code, r.json().get("code")
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_init_writes_owner_only_private_key_in_owner_only_dir(tmp_path: Path) -> None:
+    ring = KeyringDir(tmp_path / "keys")
+    kid = ring.init()
+    assert kid is not None
+    assert _mode(ring.path) == 0o700
+    assert _mode(ring.private_path(kid)) == 0o600
+    assert _mode(ring.public_path(kid)) == 0o644
+    assert ring.load().signer is not None and ring.load().signer.kid == kid  # type: ignore[union-attr]
+    assert ring.init() is None  # a keyring with keys is left alone
+
+
+def test_new_is_pending_and_never_changes_who_signs(keys_dir: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    signer = ring.load().signer
+    assert signer is not None
+    kid = ring.new("ES256")
+    keyring = ring.load()
+    assert keyring.signer is not None and keyring.signer.kid == signer.kid
+    assert keyring.keys[kid].state == "pending"
+    assert keyring.verifier(kid) is not None  # verifies already, so it can be published early
+    assert _mode(ring.private_path(kid)) == 0o600
+
+
+def test_activate_sends_previous_signer_back_to_pending(keys_dir: Path) -> None:
+    clock = FrozenClock()
+    ring = KeyringDir(keys_dir, clock=clock)
+    old = ring.load().active
+    assert old is not None
+    new = ring.new()
+    assert ring.activate(new) == old.kid
+    keyring = ring.load()
+    assert keyring.signer is not None and keyring.signer.kid == new
+    assert keyring.keys[old.kid].state == "pending"
+    assert keyring.verifier(old.kid) is not None  # its tokens keep verifying
+    entry = {e["kid"]: e for e in ring.entries()}[old.kid]
+    assert entry["signed_until"].startswith(clock.utcnow().isoformat(timespec="seconds")[:19])
+    assert ring.activate(new) is None  # already active: nothing changes
+
+
+def test_retire_stops_verifying_and_removes_the_private_key(keys_dir: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    old = ring.load().active
+    assert old is not None
+    ring.activate(ring.new())
+    assert ring.retire(old.kid, token_lifetime=0) == "pending"
+    keyring = ring.load()
+    assert old.kid not in keyring.keys and keyring.verifier(old.kid) is None
+    assert old.kid not in {k["kid"] for k in keyring.jwks()["keys"]}
+    assert not ring.private_path(old.kid).exists()
+    assert ring.public_path(old.kid).exists()
+    assert ring.retire(old.kid) == "retired"  # again: nothing to do, no error
+
+
+def _refused(ring: KeyringDir, action: Callable[[], object], message: str) -> None:
+    before = ring.manifest.read_bytes()
+    with pytest.raises(KeyringError, match=message):
+        action()
+    assert ring.manifest.read_bytes() == before
+
+
+def test_refused_transitions_leave_the_keyring_unchanged(keys_dir: Path, tmp_path: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    active = ring.load().active
+    assert active is not None
+    _refused(ring, lambda: ring.retire(active.kid), "is the active signer; activate another key first")
+    gone = ring.new()
+    ring.retire(gone)
+    _refused(ring, lambda: ring.activate(gone), "is retired and a retired key never comes back")
+    _refused(ring, lambda: ring.activate("nope"), "no key 'nope' in the keyring")
+    _refused(ring, lambda: ring.retire("nope"), "no key 'nope' in the keyring")
+    _refused(ring, lambda: ring.new("HS256"), "unsupported algorithm")  # type: ignore[arg-type]
+    # A public-only copy holds no private key to sign with.
+    public = tmp_path / "public"
+    pending = ring.new()
+    sync_public(keys_dir, public)
+    copy = KeyringDir(public)
+    _refused(copy, lambda: copy.activate(pending), "has no private key")
+
+
+def test_retire_refuses_a_key_whose_tokens_may_still_be_live(keys_dir: Path) -> None:
+    clock = FrozenClock()
+    ring = KeyringDir(keys_dir, clock=clock)
+    old = ring.load().active
+    assert old is not None
+    ring.activate(ring.new())
+    _refused(ring, lambda: ring.retire(old.kid, token_lifetime=3600), "may verify until .* pass --force")
+    clock.advance(3601)
+    assert ring.retire(old.kid, token_lifetime=3600) == "pending"
+
+
+def test_forced_retire_of_the_signer_stops_signing(keys_dir: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    active = ring.load().active
+    assert active is not None
+    assert ring.retire(active.kid, force=True) == "active"
+    keyring = ring.load()
+    assert keyring.signer is None and keyring.verifier(active.kid) is None
+    assert "signed_until" in ring.entries()[0]
+
+
+def test_two_active_keys_in_a_hand_edited_manifest_are_refused(keys_dir: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    other = ring.new()
+    doc = json.loads(ring.manifest.read_text())
+    for entry in doc["keys"]:
+        entry["state"] = "active"
+    ring.manifest.write_text(json.dumps(doc))
+    with pytest.raises(KeyringError, match="more than one active key"):
+        ring.load()
+    # Lifecycle commands refuse to work on it too, rather than pick a signer.
+    with pytest.raises(KeyringError, match="more than one active key"):
+        ring.retire(other, force=True)
+
+
+def test_world_writable_keys_dir_is_refused(keys_dir: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    os.chmod(keys_dir, 0o777)
+    with pytest.raises(KeyringError, match="world-writable"):
+        ring.load()
+    with pytest.raises(KeyringError, match="world-writable"):
+        ring.new()
+    os.chmod(keys_dir, 0o755)
+    assert ring.load().signer is not None
+
+
+def test_private_key_readable_by_others_loads_with_a_warning(keys_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ring = KeyringDir(keys_dir)
+    kid = ring.entries()[0]["kid"]
+    os.chmod(ring.private_path(kid), 0o644)
+    with caplog.at_level(logging.WARNING, logger="feedback_tokens.keys"):
+        assert ring.load().signer is not None
+    assert f"{kid}.key.pem is mode 644" in caplog.text
+
+
+def test_fingerprint_sees_a_same_size_rewrite_with_the_same_mtime(keys_dir: Path) -> None:
+    # A stat-only check can miss this (inode recycled by the rename, same size, same tick).
+    ring = KeyringDir(keys_dir)
+    before = ring.fingerprint()
+    st = os.stat(ring.manifest)
+    text = ring.manifest.read_text()
+    kid = ring.entries()[0]["kid"]
+    ring.manifest.write_text(text.replace(kid, kid[::-1]))
+    os.utime(ring.manifest, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(ring.manifest).st_size == st.st_size
+    assert ring.fingerprint() != before
+
+
+# -- a running node reloads, and never loads a bad keyring -----------------------------------------
+
+
+BAD_KEYRINGS: dict[str, tuple[Callable[[KeyringDir], object], str]] = {
+    "garbage": (lambda ring: ring.manifest.write_bytes(b"\x00not json"), "not valid JSON"),
+    "half-written": (
+        lambda ring: ring.manifest.write_bytes(ring.manifest.read_bytes()[:40]),
+        "not valid JSON",
+    ),
+    "missing pem": (
+        lambda ring: ring.manifest.write_text(
+            json.dumps({"version": 1, "keys": [*ring.entries(), {"kid": "ghost", "alg": "EdDSA", "state": "pending"}]})
+        ),
+        "neither ghost.key.pem nor ghost.pub.pem",
+    ),
+    "two active": (
+        lambda ring: ring.manifest.write_text(
+            json.dumps({"version": 1, "keys": [{**e, "state": "active"} for e in ring.entries()]})
+        ),
+        "more than one active key",
+    ),
+    "unreadable pem": (
+        lambda ring: ring.public_path(ring.entries()[-1]["kid"]).write_text("-----BEGIN nonsense"),
+        "unreadable public key",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_KEYRINGS))
+def test_node_keeps_last_good_keyring_and_readyz_says_why(
+    make_app: Callable[..., TestClient], keys_dir: Path, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = KeyringDir(keys_dir)
+    pending = ring.new()  # a public-only key: "unreadable pem" spoils its pem
+    ring.private_path(pending).unlink()
+    client = make_app()
+    source = client.app.state.service.keys  # type: ignore[attr-defined]
+    assert isinstance(source, DirectorySource)
+    before = source.keyring
+    token = _issue(client)
+    saved = {path: path.read_bytes() for path in keys_dir.iterdir() if path.is_file()}
+    spoil, reason = BAD_KEYRINGS[bad]
+    with caplog.at_level(logging.ERROR, logger="feedback_tokens.keys"):
+        spoil(ring)
+        assert source.reload() is False
+        assert source.reload() is False  # tried again on every tick, reported once
+    assert source.keyring is before
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert reason in caplog.records[0].getMessage()
+    assert _submit(client, token) == (200, None)
+    assert _issue(client)  # still signing with the last good keyring
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert reason in ready.json()["checks"]["keys"]["detail"]
+    # Put right on disk: the complaint goes away at the next look.
+    for path, data in saved.items():
+        path.write_bytes(data)
+    source.reload()
+    assert source.error is None and "detail" not in client.get("/readyz").json()["checks"]["keys"]
+    assert _submit(client, _issue(client)) == (200, None)
+
+
+def test_node_starting_on_a_bad_keyring_is_not_ready(make_app: Callable[..., TestClient], tmp_path: Path) -> None:
+    path = tmp_path / "broken"
+    path.mkdir()
+    (path / "keyring.json").write_text('{"version": 1, "keys": [{"kid": "a", "alg": "EdDSA", "state": "active"}]}')
+    client = make_app(keys_dir=path)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "neither a.key.pem nor a.pub.pem" in ready.json()["checks"]["keys"]["detail"]
+
+
+def test_public_only_keyring_verifies_and_refuses_issuance(
+    make_app: Callable[..., TestClient], keys_dir: Path, tmp_path: Path
+) -> None:
+    issuer = make_app()
+    public = tmp_path / "public"
+    sync_public(keys_dir, public)
+    assert sorted(p.name for p in public.iterdir()) == sorted(
+        ["keyring.json", *(p.name for p in keys_dir.glob("*.pub.pem"))]
+    )
+    edge = make_app(keys_dir=public)
+    r = edge.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
+    assert r.status_code == 403 and r.json()["code"] == "signing_disabled"
+    assert _submit(edge, _issue(issuer)) == (200, None)
+    ready = edge.get("/readyz").json()["checks"]["keys"]
+    assert ready == {"ok": True, "signing": False}
+    assert edge.get("/.well-known/jwks.json").json() == issuer.get("/.well-known/jwks.json").json()
+
+
+def test_unknown_kid_looks_at_the_directory_at_once_but_not_for_every_token(keys_dir: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    now = [100.0]
+    source = DirectorySource(ring, interval=3600, monotonic=lambda: now[0])
+
+    async def scenario() -> list[bool]:
+        await source.start()
+        try:
+            fresh = ring.new()
+            first = await source.on_unknown_kid(fresh)  # picked up without waiting for a tick
+            ring.new()
+            second = await source.on_unknown_kid("forged")  # within the floor: no look
+            now[0] += source.unknown_kid_floor
+            third = await source.on_unknown_kid("forged")
+            return [first, second, third, source.keyring.verifier(fresh) is not None]
+        finally:
+            await source.stop()
+
+    assert asyncio.run(scenario()) == [True, False, True, True]
+
+
+def test_watcher_picks_up_changes_without_a_request(keys_dir: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    source = DirectorySource(ring, interval=0.05)
+
+    async def scenario() -> bool:
+        await source.start()
+        try:
+            kid = ring.new()
+            for _ in range(200):  # bounded: 10 s at most
+                if source.keyring.verifier(kid) is not None:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+        finally:
+            await source.stop()
+
+    assert asyncio.run(scenario()) is True
+
+
+def test_a_vanished_manifest_does_not_wipe_a_running_node(keys_dir: Path, tmp_path: Path) -> None:
+    ring = KeyringDir(keys_dir)
+    source = DirectorySource(ring)
+    assert source.reload() is True
+    before = source.keyring
+    ring.manifest.rename(tmp_path / "aside.json")  # a deploy tool replacing the directory
+    assert source.reload() is False and source.keyring is before
+    assert source.error is not None and "keyring.json is missing" in source.error
+    (tmp_path / "aside.json").rename(ring.manifest)
+    source.reload()
+    assert source.error is None and source.keyring.signer is not None
+
+
+def test_a_node_without_a_keyring_loads_it_once_it_appears(tmp_path: Path) -> None:
+    ring = KeyringDir(tmp_path / "later")
+    source = DirectorySource(ring)
+    assert source.reload() is True and len(source.keyring) == 0
+    assert source.reload() is False  # nothing new: not reloaded (nor logged) on every tick
+    ring.init()
+    assert source.reload() is True and source.keyring.signer is not None
