@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install run demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,12 +18,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/feedback-tokens dev --root .
 
+## make demo: `make run` plus the widget demo on http://127.0.0.1:8000/demo
+demo: $(STAMP)
+	FEEDBACK_DEMO=1 $(BIN)/feedback-tokens dev --root .
+
 ## make test: the whole suite, against Redis servers the tests start themselves
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## make bench: the benchmark (own Redis, own servers, wrk); writes bench/RESULTS.md
 bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

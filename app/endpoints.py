@@ -5,19 +5,23 @@ from __future__ import annotations
 import hmac
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import feedback, pages
+from . import feedback, pages, policy
 from .errors import (
     BodyTooLarge,
     FeedbackTokenError,
+    InvalidBody,
     InvalidRequest,
     Unauthorized,
     UnsupportedMediaType,
 )
 from .service import FeedbackService
+from .store import Outcome
+from .tokens import TokenClaims
 
 ISSUE_BODY_CAP = 256 * 1024
 _JSON_TYPES = ("application/json", "text/plain", "")
@@ -97,36 +101,141 @@ async def revoke_token(request: Request) -> Response:
 # -- public submission ---------------------------------------------------------------------------
 
 
+_FORM = "application/x-www-form-urlencoded"
+
+
 def _answer(outcome: Any) -> dict[str, Any]:
     return {**outcome.answer, "duplicate": outcome.duplicate}
 
 
+def _media(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_form(request: Request, cap: int) -> bytes:
+    """Like ``read_body``, for the urlencoded forms of our own pages."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise BodyTooLarge(f"the body may be at most {cap} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge(f"the body may be at most {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def submit_post(request: Request) -> Response:
     token = request.path_params["token"]
+    if _media(request) == _FORM:
+        return await submit_form(request, token)
     submission = feedback.parse_json(await read_body(request, feedback.BODY_CAP))
     outcome = await service(request).submit(token, submission)
     return JSONResponse(_answer(outcome))
 
 
-async def submit_get(request: Request) -> Response:
-    """A link click. HEAD never consumes: it only says whether the token would verify."""
-    token = request.path_params["token"]
+async def submit_form(request: Request, token: str) -> Response:
+    """The POST of a confirmation page or picker (a plain HTML form): fields as in a GET link."""
     html = pages.wants_html(request)
+    lang = pages.language(request)
+    svc = service(request)
     try:
-        if request.method == "HEAD":
-            await service(request).resolve(token)
-            return Response(status_code=200, media_type="text/html" if html else "application/json")
-        if len(str(request.url.query)) > feedback.BODY_CAP:
-            raise BodyTooLarge(f"the query may be at most {feedback.BODY_CAP} bytes")
-        submission = feedback.parse_query(request.query_params.multi_items())
-        outcome = await service(request).submit(token, submission)
+        raw = await read_form(request, feedback.BODY_CAP)
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise InvalidBody("the form is not valid UTF-8 form data") from err
+        lang = pages.language(request, dict(pairs).get("lang"))
+        submission = feedback.parse_query(pairs)
+        claims, _ = await svc.resolve(token)
+        outcome = await svc.record(claims, submission)
     except FeedbackTokenError as err:
         if not html:
             raise
-        return pages.outcome_page(err.code, err.status, err.detail)
+        return _error_page(err, lang)
     if html:
-        return pages.outcome_page("duplicate" if outcome.duplicate else "thanks", 200)
+        return _success_page(svc, claims, outcome, lang)
     return JSONResponse(_answer(outcome))
+
+
+async def submit_get(request: Request) -> Response:
+    """A link click. HEAD and prefetches never consume: HEAD only says whether the token would
+    verify. A token issued with ``confirm`` shows a confirmation page and records nothing; so does
+    a browser's visit to a link without an answer (a picker). Only the POST from either records."""
+    token = request.path_params["token"]
+    svc = service(request)
+    if policy.is_prefetch(request.headers):
+        return Response(
+            status_code=policy.PREFETCH_STATUS,
+            headers={"Cache-Control": "no-store", "Vary": "Sec-Purpose, Purpose"},
+        )
+    html = pages.wants_html(request)
+    lang = pages.language(request)
+    try:
+        if request.method == "HEAD":
+            await svc.resolve(token)
+            return Response(status_code=200, media_type="text/html" if html else "application/json")
+        if len(str(request.url.query)) > feedback.BODY_CAP:
+            raise BodyTooLarge(f"the query may be at most {feedback.BODY_CAP} bytes")
+        params = request.query_params.multi_items()
+        redirect_origin = None
+        if html and not pages.has_answer(params):
+            claims, _ = await svc.resolve(token)
+            await svc.preview(claims, None)
+            if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
+                redirect_origin = policy.origin(claims.redirect_url or "")
+            return pages.choose_page(claims, request.url.path, lang, redirect_origin)
+        submission = feedback.parse_query(params)
+        claims, _ = await svc.resolve(token)
+        if claims.confirm:
+            submission.check(claims.config)
+            outcome = await svc.preview(claims, submission)
+            if outcome is None:
+                if not html:
+                    return JSONResponse(_confirmation(f"{svc.settings.public_url}{request.url.path}", submission))
+                if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
+                    redirect_origin = policy.origin(claims.redirect_url or "")
+                return pages.confirm_page(claims, submission, request.url.path, lang, redirect_origin)
+        else:
+            outcome = await svc.record(claims, submission)
+    except FeedbackTokenError as err:
+        if not html:
+            raise
+        return _error_page(err, lang)
+    if html:
+        return _success_page(svc, claims, outcome, lang)
+    return JSONResponse(_answer(outcome))
+
+
+def _error_page(err: FeedbackTokenError, lang: str) -> Response:
+    page = pages.outcome_page(err.code, err.status, err.detail, lang)
+    page.headers.update(err.headers())  # e.g. Retry-After on a 503, as the JSON answer has it
+    return page
+
+
+def _confirmation(url: str, submission: feedback.Submission) -> dict[str, Any]:
+    return {
+        "confirm": True,
+        "detail": "this link records feedback only when confirmed: POST it (JSON or a form) to record",
+        "url": url,
+        "submission": submission.to_json(),
+    }
+
+
+def _success_page(svc: FeedbackService, claims: TokenClaims, outcome: Outcome, lang: str) -> Response:
+    if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
+        return pages.redirect(claims.redirect_url or "")
+    if outcome.duplicate:
+        key = "duplicate"
+    else:
+        key = "updated" if outcome.answer.get("revision", 1) > 1 else "thanks"
+    return pages.outcome_page(key, 200, lang=lang)
+
+
+async def token_info(request: Request) -> Response:
+    """Read-only: what a page needs to render the right control. Consumes nothing."""
+    return JSONResponse(await service(request).info(request.path_params["token"]))
 
 
 async def token_path(request: Request) -> Response:

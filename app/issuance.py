@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import policy
 from .errors import InvalidRequest
 from .feedback import FeedbackConfig
 
 MAX_BATCH = 100
 FIELDS = frozenset({"run_id", "feedback_key", "expires_in", "expires_at", "feedback_config", "id"})
+# Ours, beyond LangSmith's (app/policy.py): each optional, null meaning the default.
+POLICY_FIELDS = frozenset({"use", "max_uses", "confirm", "redirect_url"})
 _DELTA_FIELDS = {"days": 86400, "hours": 3600, "minutes": 60}
 
 
@@ -23,6 +26,10 @@ class TokenRequest:
     expires_at: int
     config: FeedbackConfig | None
     feedback_id: uuid.UUID | None
+    use: policy.Use = "once"
+    max_uses: int | None = None
+    confirm: bool = False
+    redirect_url: str | None = None
 
 
 def _uuid(value: object, name: str) -> uuid.UUID:
@@ -79,10 +86,12 @@ def _expires_at(value: object) -> float:
     return when.timestamp()
 
 
-def parse_one(raw: object, now: float, default_ttl: int, max_ttl: int) -> TokenRequest:
+def parse_one(
+    raw: object, now: float, default_ttl: int, max_ttl: int, redirect_origins: frozenset[str] = frozenset()
+) -> TokenRequest:
     if not isinstance(raw, dict):
         raise ValueError("each token request must be an object")
-    unknown = sorted(set(raw) - FIELDS)
+    unknown = sorted(set(raw) - FIELDS - POLICY_FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
     if raw.get("run_id") is None:
@@ -113,10 +122,25 @@ def parse_one(raw: object, now: float, default_ttl: int, max_ttl: int) -> TokenR
         except ValueError as err:
             raise ValueError(f"feedback_config: {err}") from err
     feedback_id = None if raw.get("id") is None else _uuid(raw["id"], "id")
-    return TokenRequest(run_id, key, expiry, config, feedback_id)
+    use = policy.parse_use(raw.get("use"))
+    if use == "many" and feedback_id is not None:
+        raise ValueError("id can't be chosen with use 'many': each submission gets its own feedback id")
+    return TokenRequest(
+        run_id,
+        key,
+        expiry,
+        config,
+        feedback_id,
+        use=use,
+        max_uses=policy.parse_max_uses(raw.get("max_uses"), use),
+        confirm=policy.parse_confirm(raw.get("confirm")),
+        redirect_url=policy.parse_redirect_url(raw.get("redirect_url"), redirect_origins),
+    )
 
 
-def parse(data: Any, now: float, default_ttl: int, max_ttl: int) -> tuple[list[TokenRequest], bool]:
+def parse(
+    data: Any, now: float, default_ttl: int, max_ttl: int, redirect_origins: frozenset[str] = frozenset()
+) -> tuple[list[TokenRequest], bool]:
     """Returns the requests and whether the body was a batch (then the answer is an array)."""
     batch = isinstance(data, list)
     items = data if batch else [data]
@@ -125,7 +149,7 @@ def parse(data: Any, now: float, default_ttl: int, max_ttl: int) -> tuple[list[T
     requests = []
     for i, item in enumerate(items):
         try:
-            requests.append(parse_one(item, now, default_ttl, max_ttl))
+            requests.append(parse_one(item, now, default_ttl, max_ttl, redirect_origins))
         except ValueError as err:
             raise InvalidRequest(f"[{i}]: {err}" if batch else str(err)) from err
     return requests, batch

@@ -10,6 +10,29 @@ from starlette.responses import JSONResponse, Response
 from . import errors
 
 _uuid = {"type": "string", "format": "uuid"}
+# Request fields of ours beyond LangSmith's (app/policy.py); null means the default.
+_POLICY_REQUEST: dict[str, Any] = {
+    "use": {
+        "enum": ["once", "update", "many", None],
+        "default": "once",
+        "description": "`once`: one submission. `update`: the same feedback, changeable until expiry "
+        "(each change a new stream entry with a higher `revision`). `many`: each submission a new "
+        "feedback (then `id` may not be given).",
+    },
+    "max_uses": {"type": ["integer", "null"], "minimum": 1, "description": "Use `many` only: a cap."},
+    "confirm": {
+        "type": ["boolean", "null"],
+        "default": False,
+        "description": "GET shows a confirmation page and records nothing; the page's POST records "
+        "(for links in emails, which scanners open).",
+    },
+    "redirect_url": {
+        "type": ["string", "null"],
+        "maxLength": 512,
+        "description": "Where a browser goes (303) after success; its origin must be in "
+        "FEEDBACK_REDIRECT_ORIGINS, else 422.",
+    },
+}
 _datetime = {"type": "string", "format": "date-time"}
 _nullable_number = {"type": ["number", "null"]}
 
@@ -103,6 +126,7 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": {"type": ["string", "null"], "format": "date-time"},
             "feedback_config": {"anyOf": [_ref("FeedbackConfig"), {"type": "null"}]},
             "id": {"type": ["string", "null"], "format": "uuid"},
+            **_POLICY_REQUEST,
         },
     },
     "Token": {
@@ -115,6 +139,10 @@ SCHEMAS: dict[str, Any] = {
             "run_id": _uuid,
             "feedback_key": {"type": "string"},
             "feedback_config": {"anyOf": [_ref("FeedbackConfig"), {"type": "null"}]},
+            "use": {"enum": ["update", "many"], "description": "Present when not `once`."},
+            "max_uses": {"type": "integer", "description": "Present when set."},
+            "confirm": {"const": True, "description": "Present when set."},
+            "redirect_url": {"type": "string", "description": "Present when set."},
         },
     },
     "ListedToken": {
@@ -122,10 +150,14 @@ SCHEMAS: dict[str, Any] = {
             _ref("Token"),
             {
                 "type": "object",
-                "required": ["created_at", "status"],
+                "required": ["created_at", "status", "uses"],
                 "properties": {
                     "created_at": _datetime,
-                    "status": {"enum": ["active", "used", "revoked", "expired"]},
+                    "status": {
+                        "enum": ["active", "used", "revoked", "expired"],
+                        "description": "`used`: takes no new submission (`once` used, `many` at its cap).",
+                    },
+                    "uses": {"type": "integer", "minimum": 0, "description": "Submissions recorded."},
                 },
             },
         ]
@@ -158,6 +190,62 @@ SCHEMAS: dict[str, Any] = {
             "correction": {"type": ["object", "string", "null"]},
             "created_at": _datetime,
             "duplicate": {"type": "boolean"},
+            "revision": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Tokens with use `update` only: this answer's revision; the highest wins.",
+            },
+        },
+    },
+    "Confirmation": {
+        "type": "object",
+        "description": "A link of a token issued with `confirm`: nothing recorded yet; POST to `url` to record.",
+        "required": ["confirm", "detail", "url", "submission"],
+        "properties": {
+            "confirm": {"const": True},
+            "detail": {"type": "string"},
+            "url": {"type": "string"},
+            "submission": {
+                "type": "object",
+                "required": ["score", "value", "comment", "correction"],
+                "properties": {
+                    "score": _nullable_number,
+                    "value": {"type": ["number", "boolean", "string", "object", "null"]},
+                    "comment": {"type": ["string", "null"]},
+                    "correction": {"type": ["object", "string", "null"]},
+                },
+            },
+        },
+    },
+    "FormSubmission": {
+        "type": "object",
+        "description": "The service's own confirmation and picker pages post this; fields as in a GET link.",
+        "properties": {
+            **{n: {"type": "string"} for n in ("score", "value", "comment", "correction")},
+            "lang": {"type": "string", "description": "Language of the answer page."},
+        },
+    },
+    "TokenInfo": {
+        "type": "object",
+        "required": [
+            "id", "run_id", "feedback_key", "feedback_config", "expires_at", "use", "max_uses",
+            "confirm", "status", "uses", "latest",
+        ],
+        "properties": {
+            "id": _uuid,
+            "run_id": _uuid,
+            "feedback_key": {"type": "string"},
+            "feedback_config": {"anyOf": [_ref("FeedbackConfig"), {"type": "null"}]},
+            "expires_at": _datetime,
+            "use": {"enum": ["once", "update", "many"]},
+            "max_uses": {"type": ["integer", "null"]},
+            "confirm": {"type": "boolean"},
+            "status": {"enum": ["active", "used", "revoked", "expired"]},
+            "uses": {"type": "integer", "minimum": 0},
+            "latest": {
+                "description": "Use `update` only: the answer that currently stands, with its revision.",
+                "anyOf": [{"type": "object"}, {"type": "null"}],
+            },
         },
     },
 }
@@ -170,19 +258,35 @@ _token_param = {
     "schema": {"type": "string"},
 }
 _api_key = [{"apiKey": []}]
+def _problem_or_page(*classes: type[errors.FeedbackTokenError]) -> dict[str, Any]:
+    # A browser (Accept: text/html) gets a short page with the same status instead.
+    doc = _problem(*classes)
+    doc["content"]["text/html"] = {"schema": {"type": "string"}}
+    return doc
+
+
 _submit_errors = {
-    "400": _problem(errors.InvalidBody),
-    "401": _problem(errors.TokenInvalid),
-    "404": _problem(errors.TokenNotFound),
-    "409": _problem(errors.TokenUsed),
-    "410": _problem(errors.TokenExpired, errors.TokenRevoked),
-    "413": _problem(errors.BodyTooLarge),
-    "422": _problem(errors.InvalidFeedback),
-    "503": _problem(errors.StoreUnavailable),
+    "400": _problem_or_page(errors.InvalidBody),
+    "401": _problem_or_page(errors.TokenInvalid),
+    "404": _problem_or_page(errors.TokenNotFound),
+    "409": _problem_or_page(errors.TokenUsed),
+    "410": _problem_or_page(errors.TokenExpired, errors.TokenRevoked),
+    "413": _problem_or_page(errors.BodyTooLarge),
+    "422": _problem_or_page(errors.InvalidFeedback),
+    "503": _problem_or_page(errors.StoreUnavailable),
 }
 _feedback_answer = {
     "description": "Recorded (or an identical retry: `duplicate` is true).",
-    "content": {"application/json": {"schema": _ref("Feedback")}, "text/html": {}},
+    "content": {"application/json": {"schema": _ref("Feedback")}, "text/html": {"schema": {"type": "string"}}},
+}
+_redirected = {"description": "Recorded; a browser is sent to the token's `redirect_url`."}
+_link_answer = {
+    "description": "Recorded (or an identical retry), or, for a token issued with `confirm`, what a POST "
+    "would record; a browser gets a page (thanks, confirmation, or the choices when the link has no answer).",
+    "content": {
+        "application/json": {"schema": {"oneOf": [_ref("Feedback"), _ref("Confirmation")]}},
+        "text/html": {"schema": {"type": "string"}},
+    },
 }
 
 DOCUMENT: dict[str, Any] = {
@@ -263,10 +367,14 @@ DOCUMENT: dict[str, Any] = {
                 "security": [],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("Submission")}},
+                    "content": {
+                        "application/json": {"schema": _ref("Submission")},
+                        "application/x-www-form-urlencoded": {"schema": _ref("FormSubmission")},
+                    },
                 },
                 "responses": {
                     "200": _feedback_answer,
+                    "303": _redirected,
                     **_submit_errors,
                     "415": _problem(errors.UnsupportedMediaType),
                 },
@@ -278,7 +386,15 @@ DOCUMENT: dict[str, Any] = {
                     {"name": n, "in": "query", "schema": {"type": "string"}}
                     for n in ("score", "value", "comment", "correction")
                 ],
-                "responses": {"200": _feedback_answer, **_submit_errors},
+                "description": "Prefetches (`Sec-Purpose`/`Purpose: prefetch`, `X-Moz: prefetch`, "
+                "`X-Purpose: preview`) and HEAD never consume. A token issued with `confirm`, or a browser "
+                "visit without an answer, gets a page whose form POSTs back here; only that POST records.",
+                "responses": {
+                    "200": _link_answer,
+                    "303": _redirected,
+                    "425": {"description": "A prefetch: nothing was recorded, nothing was checked."},
+                    **_submit_errors,
+                },
             },
             "delete": {
                 "summary": "Revoke a token by its id",
@@ -290,6 +406,28 @@ DOCUMENT: dict[str, Any] = {
                     "503": _problem(errors.StoreUnavailable),
                 },
             },
+        },
+        "/api/v1/feedback/tokens/{token}/info": {
+            "parameters": [_token_param],
+            "get": {
+                "summary": "A token's key, config, policy, expiry, status and uses (read-only)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Consumes nothing; CORS-readable from any origin.",
+                        "content": {"application/json": {"schema": _ref("TokenInfo")}},
+                    },
+                    "401": _problem(errors.TokenInvalid),
+                    "404": _problem(errors.TokenNotFound),
+                    "503": _problem(errors.StoreUnavailable),
+                },
+            },
+        },
+        "/widget.js": {
+            "get": {
+                "summary": "The embeddable feedback widget (JavaScript, no dependencies)",
+                "responses": {"200": {"description": "The script.", "content": {"text/javascript": {}}}},
+            }
         },
         "/.well-known/jwks.json": {
             "get": {

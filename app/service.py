@@ -6,13 +6,21 @@ import json
 import uuid
 from typing import Any
 
-from . import issuance, tokens
+from . import issuance, policy, tokens
 from .clock import Clock, isoformat
 from .config import Settings
-from .errors import InvalidRequest, SigningDisabled, TokenInvalid, TokenNotFound
+from .errors import (
+    InvalidRequest,
+    SigningDisabled,
+    TokenExpired,
+    TokenInvalid,
+    TokenNotFound,
+    TokenRevoked,
+    TokenUsed,
+)
 from .feedback import Submission
 from .keysource import KeySource
-from .store import Outcome, Store, encode_field
+from .store import Outcome, Store, TokenState, encode_field
 from .tokens import TokenClaims
 
 TOKEN_PATH = "/api/v1/feedback/tokens/"
@@ -34,6 +42,7 @@ class FeedbackService:
         self.store = store
         self.keys = keys
         self.clock = clock
+        self.redirect_origins = policy.allowed_origins(settings.redirect_origins)
 
     def url(self, jwt: str) -> str:
         return f"{self.settings.public_url}{TOKEN_PATH}{jwt}"
@@ -46,7 +55,31 @@ class FeedbackService:
             "run_id": str(claims.run_id),
             "feedback_key": claims.feedback_key,
             "feedback_config": claims.config.to_json() if claims.config else None,
+            **self.policy_fields(claims),
         }
+
+    @staticmethod
+    def policy_fields(claims: TokenClaims) -> dict[str, Any]:
+        """Only what differs from the defaults, so default answers keep LangSmith's exact shape."""
+        fields: dict[str, Any] = {}
+        if claims.use != "once":
+            fields["use"] = claims.use
+        if claims.max_uses is not None:
+            fields["max_uses"] = claims.max_uses
+        if claims.confirm:
+            fields["confirm"] = True
+        if claims.redirect_url is not None:
+            fields["redirect_url"] = claims.redirect_url
+        return fields
+
+    def status(self, claims: TokenClaims, revoked: bool, uses: int) -> str:
+        if revoked:
+            return "revoked"
+        if policy.exhausted(claims.use, claims.max_uses, uses):
+            return "used"
+        if self.clock.now() >= claims.expires_at:
+            return "expired"
+        return "active"
 
     # -- issuance ---------------------------------------------------------------------------
 
@@ -58,7 +91,7 @@ class FeedbackService:
             )
         s = self.settings
         now = self.clock.now()
-        requests, batch = issuance.parse(body, now, s.default_ttl, s.max_ttl)
+        requests, batch = issuance.parse(body, now, s.default_ttl, s.max_ttl, self.redirect_origins)
         answers, records = [], []
         created_us = int(now * 1_000_000)
         for i, req in enumerate(requests):
@@ -71,13 +104,18 @@ class FeedbackService:
                 issued_at=int(now),
                 expires_at=req.expires_at,
                 config=req.config,
+                use=req.use,
+                max_uses=req.max_uses,
+                confirm=req.confirm,
+                redirect_url=req.redirect_url,
             )
             jwt = tokens.sign(claims, signer, s.issuer)
             if len(jwt) > tokens.MAX_TOKEN_LENGTH:
                 where = f"[{i}]: " if batch else ""
                 raise InvalidRequest(
                     f"{where}this feedback_config makes the token {len(jwt)} characters long; "
-                    f"the limit is {tokens.MAX_TOKEN_LENGTH} (use fewer or shorter categories)"
+                    f"the limit is {tokens.MAX_TOKEN_LENGTH} (use fewer or shorter categories"
+                    + (", or a shorter redirect_url)" if req.redirect_url else ")")
                 )
             answers.append(self.describe(claims, jwt))
             records.append(
@@ -91,23 +129,17 @@ class FeedbackService:
 
     async def list_run(self, run_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
         stored = await self.store.list_run(run_id)
-        now = self.clock.now()
         keyring = self.keys.keyring
         out = []
         for row in stored[offset : offset + limit]:
             parsed = tokens.parse(row.jwt)
             claims = TokenClaims.from_payload(json.loads(tokens.b64decode(parsed.payload_segment)))
-            if row.revoked or keyring.verifier(parsed.kid) is None:
-                status = "revoked"  # a retired key revokes every token it signed
-            elif row.used:
-                status = "used"
-            elif now >= claims.expires_at:
-                status = "expired"
-            else:
-                status = "active"
+            # A retired key revokes every token it signed.
+            revoked = row.revoked or keyring.verifier(parsed.kid) is None
             item = self.describe(claims, row.jwt)
             item["created_at"] = isoformat(row.created_us / 1_000_000)
-            item["status"] = status
+            item["status"] = self.status(claims, revoked, row.uses)
+            item["uses"] = row.uses
             out.append(item)
         return out
 
@@ -118,40 +150,96 @@ class FeedbackService:
 
     # -- submission -------------------------------------------------------------------------
 
-    async def verify(self, jwt: str) -> TokenClaims:
+    async def verify(self, jwt: str, expired_ok: bool = False) -> TokenClaims:
         parsed = tokens.parse(jwt)
         keyring = self.keys.keyring
         if keyring.verifier(parsed.kid) is None and await self.keys.on_unknown_kid(parsed.kid):
             keyring = self.keys.keyring
         payload = tokens.check_signature(parsed, keyring)
-        return tokens.check_claims(payload, self.settings.issuer, self.clock.now(), self.settings.leeway)
+        try:
+            return tokens.check_claims(payload, self.settings.issuer, self.clock.now(), self.settings.leeway)
+        except TokenExpired:
+            if not expired_ok:
+                raise
+            # Signature, issuer and claims all checked out before the expiry did: only time ran out.
+            return TokenClaims.from_payload(payload)
 
-    async def resolve(self, token: str) -> tuple[TokenClaims, str]:
+    async def resolve(self, token: str, expired_ok: bool = False) -> tuple[TokenClaims, str]:
         """The path segment is a JWT, or a token id (the LangSmith SDK's way) to look up."""
         tid = as_uuid(token)
         if tid is None:
-            return await self.verify(token), token
+            return await self.verify(token, expired_ok), token
         jwt = await self.store.lookup(tid)
         if jwt is None:
             raise TokenNotFound("no live token has this id")
-        claims = await self.verify(jwt)
+        claims = await self.verify(jwt, expired_ok)
         if claims.token_id != tid:  # the record must name the token stored under it
             raise TokenInvalid("token record does not match its id")
         return claims, jwt
 
+    # -- read-only looks -------------------------------------------------------------------------
+
+    async def info(self, token: str) -> dict[str, Any]:
+        """What a page needs to render the right control; consumes nothing. An expired token
+        still answers (status ``expired``) as long as it verifies otherwise."""
+        claims, _ = await self.resolve(token, expired_ok=True)
+        state = await self.store.state(claims.token_id)
+        latest = None
+        if claims.use == "update" and state.answer is not None:
+            latest = {**state.answer, "revision": state.uses}
+        return {
+            "id": str(claims.token_id),
+            "run_id": str(claims.run_id),
+            "feedback_key": claims.feedback_key,
+            "feedback_config": claims.config.to_json() if claims.config else None,
+            "expires_at": isoformat(claims.expires_at),
+            "use": claims.use,
+            "max_uses": claims.max_uses,
+            "confirm": claims.confirm,
+            "status": self.status(claims, state.revoked, state.uses),
+            "uses": state.uses,
+            "latest": latest,
+        }
+
+    async def preview(self, claims: TokenClaims, submission: Submission | None) -> Outcome | None:
+        """Before a confirmation page: would this submission be taken? Raises what ``record``
+        would raise now; returns the stored outcome when it would be a duplicate, else None.
+        The answer may still change before the person confirms: ``record`` decides."""
+        state: TokenState = await self.store.state(claims.token_id)
+        if state.revoked:
+            raise TokenRevoked("this token was revoked")
+        if (
+            submission is not None
+            and claims.use != "many"
+            and state.answer is not None
+            and state.fingerprint == submission.fingerprint()
+        ):
+            answer = state.answer if claims.use == "once" else {**state.answer, "revision": state.uses}
+            return Outcome(answer, duplicate=True, uses=state.uses)
+        if policy.exhausted(claims.use, claims.max_uses, state.uses):
+            raise TokenUsed("this token was already used")
+        return None
+
+    # -- recording -------------------------------------------------------------------------------
+
     async def submit(self, token: str, submission: Submission) -> Outcome:
         claims, _ = await self.resolve(token)
+        return await self.record(claims, submission)
+
+    async def record(self, claims: TokenClaims, submission: Submission) -> Outcome:
         submission.check(claims.config)
         created_at = isoformat(self.clock.now())
+        # Under 'many' every submission is a feedback of its own.
+        feedback_id = uuid.uuid4() if claims.use == "many" else claims.feedback_id
         answer = {
-            "id": str(claims.feedback_id),
+            "id": str(feedback_id),
             "run_id": str(claims.run_id),
             "feedback_key": claims.feedback_key,
             **submission.to_json(),
             "created_at": created_at,
         }
         entry = {
-            "id": str(claims.feedback_id),
+            "id": str(feedback_id),
             "token_id": str(claims.token_id),
             "run_id": str(claims.run_id),
             "feedback_key": claims.feedback_key,
@@ -168,4 +256,6 @@ class FeedbackService:
             claims.expires_at + self.settings.leeway,
             answer,
             entry,
+            use=claims.use,
+            cap=claims.max_uses,
         )

@@ -4,7 +4,8 @@ Keys (``P`` is ``FEEDBACK_REDIS_PREFIX``; ``{P}`` is a Redis Cluster hash tag, s
 script touches hashes to the same slot)::
 
     {P}:feedback        stream, one entry per accepted submission (never trimmed here)
-    {P}:t:<token id>    hash: jwt (for lookups by id), fp + ans once used, rev once revoked;
+    {P}:t:<token id>    hash: jwt (for lookups by id), n (uses) once used, fp + ans (the latest
+                        submission, under 'once' and 'update'), rev once revoked;
                         expires with its token (plus clock leeway)
     {P}:r:<run id>      sorted set of the run's token ids scored by creation time (µs; a batch's
                         tokens one µs apart, so listing keeps the request order); entries
@@ -27,7 +28,7 @@ from uuid import UUID
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from .errors import StoreUnavailable, TokenRevoked, TokenUsed
 
@@ -36,19 +37,37 @@ T = TypeVar("T")
 
 # KEYS[1] token record, KEYS[2] feedback stream
 # ARGV[1] submission fingerprint, ARGV[2] record expiry (unix s), ARGV[3] answer JSON,
-# ARGV[4..] stream entry field/value pairs
-# Returns {"ok", entry id} | {"dup", stored answer JSON} | {"used"} | {"revoked"}
+# ARGV[4] use policy ('once' | 'update' | 'many', see app/policy.py), ARGV[5] cap on uses (0: none),
+# ARGV[6..] stream entry field/value pairs
+# Returns {"ok", entry id, uses} | {"dup", stored answer JSON, uses} | {"used"} | {"revoked"}
+# 'once' and 'update' keep the latest fingerprint and answer: resending it is a duplicate. 'update'
+# adds the field revision = uses to each entry, so the stream's order is the revisions' order and
+# its last revision is the record's. 'many' keeps only the count: every submission is new.
 SUBMIT = """
-local state = redis.call('HMGET', KEYS[1], 'rev', 'fp', 'ans')
+local state = redis.call('HMGET', KEYS[1], 'rev', 'fp', 'ans', 'n')
 if state[1] then return {'revoked'} end
-if state[2] then
-  if state[2] == ARGV[1] then return {'dup', state[3]} end
-  return {'used'}
+local policy = ARGV[4]
+local uses = tonumber(state[4]) or (state[2] and 1 or 0)
+if state[2] and policy ~= 'many' then
+  if state[2] == ARGV[1] then return {'dup', state[3], uses} end
+  if policy == 'once' then return {'used'} end
 end
-local entry = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'ans', ARGV[3])
+local cap = tonumber(ARGV[5])
+if cap > 0 and uses >= cap then return {'used'} end
+uses = uses + 1
+local fields = {unpack(ARGV, 6)}
+if policy == 'update' then
+  fields[#fields + 1] = 'revision'
+  fields[#fields + 1] = tostring(uses)
+end
+local entry = redis.call('XADD', KEYS[2], '*', unpack(fields))
+if policy == 'many' then
+  redis.call('HSET', KEYS[1], 'n', uses)
+else
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'ans', ARGV[3], 'n', uses)
+end
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
-return {'ok', entry}
+return {'ok', entry, uses}
 """
 
 # KEYS[1] token record, KEYS[2] run index
@@ -82,12 +101,28 @@ class StoredToken:
     created_us: int
     used: bool
     revoked: bool
+    uses: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     answer: dict[str, Any]
     duplicate: bool
+    uses: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TokenState:
+    """What the record says of a token, read without changing it."""
+
+    uses: int
+    revoked: bool
+    fingerprint: str | None  # the latest submission's ('once' and 'update')
+    answer: dict[str, Any] | None
+
+
+def _uses(n: bytes | None, fp: bytes | None) -> int:
+    return int(n) if n is not None else int(fp is not None)
 
 
 def encode_field(value: Any) -> str:
@@ -133,9 +168,16 @@ class Store:
             return await fn()
         except RedisError as err:
             log.warning("redis %s failed: %s: %s", what, type(err).__name__, err)
-            detail = "feedback storage is unavailable; nothing was recorded, try again"
-            if str(err).startswith("OOM"):
+            if isinstance(err, OutOfMemoryError) or str(err).startswith("OOM"):
+                # Refused at the script's first write: certainly nothing was recorded.
                 detail = "feedback storage is out of memory; nothing was recorded, try again"
+            else:
+                # A timeout or a dropped connection may come after Redis ran the script, so don't
+                # promise that nothing was recorded; an identical retry is answered either way.
+                detail = (
+                    "feedback storage is unavailable; send the same submission again shortly (unless "
+                    "the token takes many submissions, an identical resend is never counted twice)"
+                )
             raise StoreUnavailable(detail, retry_after=self.retry_after) from err
 
     async def close(self) -> None:
@@ -175,8 +217,12 @@ class Store:
         expire_at: int,
         answer: dict[str, Any],
         entry: dict[str, str],
+        use: str = "once",
+        cap: int | None = None,
     ) -> Outcome:
-        args: list[Any] = [fingerprint, expire_at, json.dumps(answer, separators=(",", ":"))]
+        """Record a submission under the token's use policy; under 'update' the answer gets its
+        ``revision``. Raises TokenUsed / TokenRevoked."""
+        args: list[Any] = [fingerprint, expire_at, json.dumps(answer, separators=(",", ":")), use, cap or 0]
         for name, value in entry.items():
             args += (name, value)
         reply = await self._call(
@@ -185,9 +231,11 @@ class Store:
         )
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "ok":
-            return Outcome(answer, duplicate=False)
+            uses = int(reply[2])
+            return Outcome({**answer, "revision": uses} if use == "update" else answer, False, uses)
         if status == "dup":
-            return Outcome(json.loads(reply[1]), duplicate=True)
+            uses, stored = int(reply[2]), json.loads(reply[1])
+            return Outcome({**stored, "revision": uses} if use == "update" else stored, True, uses)
         if status == "revoked":
             raise TokenRevoked("this token was revoked")
         raise TokenUsed("this token was already used for a different submission")
@@ -195,6 +243,25 @@ class Store:
     async def lookup(self, token_id: UUID) -> str | None:
         jwt = await self._call("lookup", lambda: self.redis.hget(self.token_key(token_id), "jwt"))
         return jwt.decode() if isinstance(jwt, bytes) else jwt
+
+    async def state(self, token_id: UUID) -> TokenState:
+        fields: Any = await self._call(
+            "state", lambda: self.redis.hmget(self.token_key(token_id), "rev", "fp", "ans", "n")
+        )
+        rev, fp, ans, n = fields
+        return TokenState(
+            uses=_uses(n, fp),
+            revoked=rev is not None,
+            fingerprint=fp.decode() if fp is not None else None,
+            answer=json.loads(ans) if ans is not None else None,
+        )
+
+    async def recent(self, count: int) -> list[dict[str, str]]:
+        """The stream's newest entries, newest first (the demo page shows them)."""
+        rows: Any = await self._call(
+            "recent", lambda: self.redis.xrevrange(self.stream, count=count)
+        )
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
 
     async def revoke(self, token_id: UUID) -> bool:
         return bool(await self._call("revoke", lambda: self._revoke(keys=[self.token_key(token_id)])))
@@ -208,15 +275,16 @@ class Store:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:
                 for member, _ in members:
-                    pipe.hmget(self.token_key(member.decode()), "jwt", "fp", "rev")
+                    pipe.hmget(self.token_key(member.decode()), "jwt", "fp", "rev", "n")
                 rows = await pipe.execute()
             found, gone = [], []
-            for (member, score), (jwt, fp, rev) in zip(members, rows, strict=True):
+            for (member, score), (jwt, fp, rev, n) in zip(members, rows, strict=True):
                 if jwt is None:
                     gone.append(member)
                     continue
+                uses = _uses(n, fp)
                 found.append(
-                    StoredToken(member.decode(), jwt.decode(), int(score), fp is not None, rev is not None)
+                    StoredToken(member.decode(), jwt.decode(), int(score), uses > 0, rev is not None, uses)
                 )
             if gone:
                 await self.redis.zrem(self.run_key(run_id), *gone)

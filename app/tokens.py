@@ -27,6 +27,7 @@ from typing import Any
 from .errors import TokenExpired, TokenInvalid
 from .feedback import FeedbackConfig
 from .keyring import Key, Keyring
+from .policy import Use
 
 TOKEN_TYPE = "fbt+jwt"
 MAX_TOKEN_LENGTH = 2000
@@ -54,6 +55,10 @@ def uuid_from_claim(value: object) -> uuid.UUID:
     return uuid.UUID(bytes=b64decode(value))
 
 
+_USE_CLAIMS: dict[Use, str] = {"update": "u", "many": "m"}
+_USE_FROM_CLAIM: dict[object, Use] = {"u": "update", "m": "many"}
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -67,6 +72,12 @@ class TokenClaims:
     issued_at: int
     expires_at: int
     config: FeedbackConfig | None = None
+    # Use policy and link behaviour (app/policy.py); each claim is omitted at its default, so a
+    # default token is no longer than before.
+    use: Use = "once"
+    max_uses: int | None = None
+    confirm: bool = False
+    redirect_url: str | None = None
 
     def to_payload(self, issuer: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -81,6 +92,14 @@ class TokenClaims:
             payload["fid"] = uuid_to_claim(self.feedback_id)
         if self.config is not None:
             payload["cfg"] = self.config.to_claim()
+        if self.use != "once":
+            payload["use"] = _USE_CLAIMS[self.use]
+        if self.max_uses is not None:
+            payload["cap"] = self.max_uses
+        if self.confirm:
+            payload["cf"] = 1
+        if self.redirect_url is not None:
+            payload["rd"] = self.redirect_url
         return payload
 
     @classmethod
@@ -91,6 +110,14 @@ class TokenClaims:
         if not isinstance(key, str) or type(iat) is not int or type(exp) is not int:
             raise ValueError("malformed claims")
         cfg = payload.get("cfg")
+        use = _USE_FROM_CLAIM[payload["use"]] if "use" in payload else "once"
+        cap, confirm, redirect = payload.get("cap"), payload.get("cf", 0), payload.get("rd")
+        if cap is not None and (type(cap) is not int or cap < 1 or use != "many"):
+            raise ValueError("malformed cap claim")
+        if confirm not in (0, 1) or type(confirm) is not int:
+            raise ValueError("malformed cf claim")
+        if redirect is not None and not isinstance(redirect, str):
+            raise ValueError("malformed rd claim")
         return cls(
             token_id=token_id,
             run_id=uuid_from_claim(payload["run"]),
@@ -99,6 +126,10 @@ class TokenClaims:
             issued_at=iat,
             expires_at=exp,
             config=FeedbackConfig.from_claim(cfg) if cfg is not None else None,
+            use=use,
+            max_uses=cap,
+            confirm=confirm == 1,
+            redirect_url=redirect,
         )
 
 
