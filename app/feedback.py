@@ -203,6 +203,14 @@ def _reject_constant(name: str) -> Any:
     raise InvalidBody(f"{name} is not valid JSON (NaN and infinities are never accepted)")
 
 
+def _finite_float(text: str) -> float:
+    # 1e999 parses to infinity: refused here, or it would be stored and then fail to render.
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidBody(f"number {text[:24]} is out of range (infinities are never accepted)")
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -211,13 +219,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no duplicate keys, no NaN, bounded nesting."""
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN or infinities, no lone surrogates,
+    bounded nesting."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise InvalidBody("body is not UTF-8") from err
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        data = json.loads(
+            text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (ValueError, RecursionError) as err:
         if isinstance(err, InvalidBody):
             raise
@@ -231,16 +242,30 @@ def _short(err: Exception) -> str:
     return str(err).split("\n", 1)[0][:120]
 
 
+def _text(value: str) -> None:
+    # "\ud800" is valid JSON but no UTF-8 text: it could be neither stored nor answered.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InvalidBody("body holds a lone surrogate (\\ud800-\\udfff), which is not text") from err
+
+
 def _depth(data: Any) -> int:
+    """How deeply ``data`` nests; also refuses strings that are not text."""
     deepest, stack = 0, [(data, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict):
             deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in node.values())
+            for key, value in node.items():
+                _text(key)
+                stack.append((value, depth + 1))
         elif isinstance(node, list):
             deepest = max(deepest, depth)
             stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, str):
+            _text(node)
     return deepest
 
 

@@ -1,0 +1,593 @@
+"""Forged and malformed tokens (RFC 8725, OWASP JWT cheat sheet): nothing forged is accepted.
+
+Every case here is a token this service never issued. Most are signed with the *real* signing
+key, so that only the check under test stands between the token and acceptance; a control case
+built by the same helper with nothing wrong with it is accepted, which shows the helper builds
+tokens that would otherwise pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import API_KEY, TOKENS, stream_entries, token_of
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.hashes import SHA256, SHA384
+
+from app import tokens
+from app.errors import TokenInvalid
+from app.keyring import Key, KeyringDir
+
+TYP = tokens.TOKEN_TYPE
+AUTH = {"X-API-Key": API_KEY}
+
+
+def b64(data: bytes) -> str:
+    return tokens.b64encode(data)
+
+
+def compact(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def forge(header: dict[str, Any] | bytes, payload: dict[str, Any] | bytes, sign: Callable[[bytes], bytes]) -> str:
+    """A compact JWS from any header and payload (raw bytes are used as they are)."""
+    head = header if isinstance(header, bytes) else compact(header)
+    body = payload if isinstance(payload, bytes) else compact(payload)
+    signing_input = f"{b64(head)}.{b64(body)}".encode()
+    return f"{signing_input.decode()}.{b64(sign(signing_input))}"
+
+
+def es_raw(private: ec.EllipticCurvePrivateKey, data: bytes, hash_alg: Any, size: int) -> bytes:
+    r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hash_alg)))
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+@dataclass
+class Ring:
+    """The keyring the app runs with, and what an attacker may hold."""
+
+    active: Key  # EdDSA, signs
+    es: Key  # ES256, pending: verifies, never signs
+    retired: Key  # EdDSA, retired after it signed a token
+    jwks: dict[str, Any]
+    payload: dict[str, Any]  # the claims of a freshly issued token
+    now: float
+
+
+@pytest.fixture(scope="module")
+def shared_ring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ring]:
+    """One keyring for the module (no test changes it): an active EdDSA key, a pending ES256 key
+    and a retired EdDSA key whose private half we kept, as a leaked key would be."""
+    path = tmp_path_factory.mktemp("forgery") / "keys"
+    directory = KeyringDir(path)
+    directory.init()
+    es_kid = directory.new("ES256")
+    old_kid = directory.new()
+    retired = directory.load().keys[old_kid]
+    directory.retire(old_kid)
+    loaded = directory.load()
+    active = loaded.signer
+    assert active is not None and old_kid not in loaded.keys
+    return path, Ring(active, loaded.keys[es_kid], retired, loaded.jwks(), {}, 0.0)
+
+
+@pytest.fixture
+def keys_dir(shared_ring: tuple[Path, Ring]) -> Path:
+    return shared_ring[0]
+
+
+@pytest.fixture
+def ring(shared_ring: tuple[Path, Ring]) -> Ring:
+    return shared_ring[1]
+
+
+@pytest.fixture
+def fx(ring: Ring, client, clock) -> Ring:
+    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
+    payload = json.loads(tokens.b64decode(token_of(answer).split(".")[1]))
+    return replace(ring, payload=payload, now=clock.now())
+
+
+_DROP = object()  # a member to leave out
+
+
+def hdr(key: Key, **changes: Any) -> dict[str, Any]:
+    header = {"alg": key.alg, "kid": key.kid, "typ": TYP}
+    header.update(changes)
+    return {k: v for k, v in header.items() if v is not _DROP}
+
+
+def claims(fx: Ring, **changes: Any) -> dict[str, Any]:
+    payload = {**fx.payload, "jti": b64(uuid.uuid4().bytes)}
+    payload.update(changes)
+    return {k: v for k, v in payload.items() if v is not _DROP}
+
+
+def real(fx: Ring) -> Callable[[bytes], bytes]:
+    return fx.active.sign
+
+
+def hs(secret: bytes, digest: Any = hashlib.sha256) -> Callable[[bytes], bytes]:
+    return lambda data: hmac.new(secret, data, digest).digest()
+
+
+def public_forms(key: Key, jwks: dict[str, Any]) -> dict[str, bytes]:
+    """Every spelling of a public key that an HS256 confusion attack might use as the secret."""
+    pub = key.public_key
+    jwk = next(k for k in jwks["keys"] if k["kid"] == key.kid)
+    forms = {
+        "pem": pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "der": pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "openssh": pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH),
+        "jwk": json.dumps(jwk).encode(),
+        "jwk-compact": compact(jwk),
+        "jwk-x": jwk["x"].encode(),
+    }
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        forms["raw"] = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        forms["point"] = pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return forms
+
+
+ATTACKER_ED = ed25519.Ed25519PrivateKey.generate()
+ATTACKER_ED448 = ed448.Ed448PrivateKey.generate()
+ATTACKER_P256 = ec.generate_private_key(ec.SECP256R1())
+ATTACKER_P384 = ec.generate_private_key(ec.SECP384R1())
+ATTACKER_P521 = ec.generate_private_key(ec.SECP521R1())
+ATTACKER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def attacker_jwk() -> dict[str, Any]:
+    raw = ATTACKER_ED.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64(raw)}
+
+
+# -- the cases -----------------------------------------------------------------------------------
+# Each builds one token from the fixture; all must be refused with (status, code).
+
+Case = Callable[[Ring], str]
+INVALID = (401, "token_invalid")
+EXPIRED = (410, "token_expired")
+
+
+def _alg_cases() -> dict[str, Case]:
+    cases: dict[str, Case] = {
+        # alg "none" in its spellings, with a junk signature (an empty one fails the shape check)
+        **{
+            f"alg-{name}": (lambda fx, name=name: forge(hdr(fx.active, alg=name), claims(fx), lambda _: b"\0"))
+            for name in ("none", "None", "NONE", "nOnE", "")
+        },
+        "alg-none-empty-signature": lambda fx: forge(hdr(fx.active, alg="none"), claims(fx), lambda _: b""),
+        # algorithms we never list, each with a signature that is valid for that algorithm
+        "alg-RS256": lambda fx: forge(
+            hdr(fx.active, alg="RS256"), claims(fx), lambda d: ATTACKER_RSA.sign(d, padding.PKCS1v15(), SHA256())
+        ),
+        "alg-PS256": lambda fx: forge(
+            hdr(fx.active, alg="PS256"),
+            claims(fx),
+            lambda d: ATTACKER_RSA.sign(d, padding.PSS(padding.MGF1(SHA256()), 32), SHA256()),
+        ),
+        "alg-ES384": lambda fx: forge(
+            hdr(fx.active, alg="ES384"), claims(fx), lambda d: es_raw(ATTACKER_P384, d, SHA384(), 48)
+        ),
+        "alg-ES512-on-es-key": lambda fx: forge(
+            hdr(fx.es, alg="ES512"), claims(fx), lambda d: es_raw(ATTACKER_P521, d, SHA256(), 66)
+        ),
+        # the right family, the wrong key: each key's own algorithm is pinned
+        "alg-EdDSA-header-on-ES256-key": lambda fx: forge(hdr(fx.es, alg="EdDSA"), claims(fx), ATTACKER_ED.sign),
+        "alg-EdDSA-header-on-ES256-key-signed-by-active": lambda fx: forge(
+            hdr(fx.es, alg="EdDSA"), claims(fx), fx.active.sign
+        ),
+        "alg-ES256-header-on-EdDSA-key": lambda fx: forge(
+            hdr(fx.active, alg="ES256"), claims(fx), lambda d: es_raw(ATTACKER_P256, d, SHA256(), 32)
+        ),
+        "alg-ES256-header-on-EdDSA-key-signed-by-es-key": lambda fx: forge(
+            hdr(fx.active, alg="ES256"), claims(fx), fx.es.sign
+        ),
+        # a valid signature of the real key under an algorithm name we don't issue
+        "alg-Ed25519-name-real-signature": lambda fx: forge(hdr(fx.active, alg="Ed25519"), claims(fx), real(fx)),
+        "alg-eddsa-lowercase-real-signature": lambda fx: forge(hdr(fx.active, alg="eddsa"), claims(fx), real(fx)),
+        "alg-list-real-signature": lambda fx: forge(hdr(fx.active, alg=["EdDSA"]), claims(fx), real(fx)),
+        "alg-null-real-signature": lambda fx: forge(hdr(fx.active, alg=None), claims(fx), real(fx)),
+        "alg-Ed448-signature": lambda fx: forge(hdr(fx.active), claims(fx), ATTACKER_ED448.sign),
+    }
+    # HS256/384/512 with the public key as the HMAC secret (algorithm confusion), for both keys
+    for which in ("active", "es"):
+        raw_form = "raw" if which == "active" else "point"  # Ed25519's 32 bytes, P-256's point
+        for form in ("pem", "der", "openssh", "jwk", "jwk-compact", "jwk-x", raw_form):
+            cases[f"HS256-{which}-public-{form}"] = lambda fx, which=which, form=form: forge(
+                hdr(getattr(fx, which), alg="HS256"),
+                claims(fx),
+                hs(public_forms(getattr(fx, which), fx.jwks)[form]),
+            )
+    cases["HS384-active-public-pem"] = lambda fx: forge(
+        hdr(fx.active, alg="HS384"), claims(fx), hs(public_forms(fx.active, fx.jwks)["pem"], hashlib.sha384)
+    )
+    cases["HS512-es-public-pem"] = lambda fx: forge(
+        hdr(fx.es, alg="HS512"), claims(fx), hs(public_forms(fx.es, fx.jwks)["pem"], hashlib.sha512)
+    )
+    cases["HS256-empty-secret"] = lambda fx: forge(hdr(fx.active, alg="HS256"), claims(fx), hs(b""))
+    return cases
+
+
+def _kid_cases() -> dict[str, Case]:
+    # All signed with the real key: only the kid is wrong.
+    kids: dict[str, Callable[[Ring], Any]] = {
+        "dotdot-etc-passwd": lambda fx: "../../etc/passwd",
+        "dotdot-own-key-file": lambda fx: f"../keys/{fx.active.kid}.pub.pem",
+        "absolute-path": lambda fx: "/etc/passwd",
+        "dev-null": lambda fx: "/dev/null",
+        "dotdot": lambda fx: "..",
+        "dot": lambda fx: ".",
+        "own-kid-with-suffix": lambda fx: f"{fx.active.kid}.key.pem",
+        "own-kid-via-dotdot": lambda fx: f"x/../{fx.active.kid}",
+        "manifest": lambda fx: "keyring.json",
+        "percent-encoded-path": lambda fx: "%2e%2e%2fetc%2fpasswd",
+        "nul-byte": lambda fx: f"{fx.active.kid}\u0000",
+        "trailing-space": lambda fx: f"{fx.active.kid} ",
+        "sql-ish": lambda fx: "' OR '1'='1",
+        "url": lambda fx: "https://attacker.example/key",
+        "too-long": lambda fx: "A" * 65,
+        "empty": lambda fx: "",
+        "integer": lambda fx: 1,
+        "null": lambda fx: None,
+        "list": lambda fx: [fx.active.kid],
+        "object": lambda fx: {"kid": fx.active.kid},
+        "unknown": lambda fx: "unknownKid1",
+        "case-changed": lambda fx: fx.active.kid.swapcase() if fx.active.kid.swapcase() != fx.active.kid else "Zz",
+        "retired-kid": lambda fx: fx.retired.kid,
+        "missing": lambda fx: _DROP,
+    }
+    return {
+        f"kid-{name}": (lambda fx, kid=kid: forge(hdr(fx.active, kid=kid(fx)), claims(fx), real(fx)))
+        for name, kid in kids.items()
+    }
+
+
+JKU_HITS: list[str] = []  # requests the attacker's server received
+ATTACKER_URL = [""]  # set by the attacker_server fixture
+
+
+def _header_cases() -> dict[str, Case]:
+    # Members we never issue. The jku/x5u/jwk cases are signed by the attacker's key with the
+    # attacker's key published at (or embedded in) the header; the rest with the real key.
+    cases: dict[str, Case] = {
+        "jwk-embedded-attacker-key": lambda fx: forge(
+            hdr(fx.active, jwk=attacker_jwk()), claims(fx), ATTACKER_ED.sign
+        ),
+        "jwk-embedded-attacker-key-no-kid": lambda fx: forge(
+            hdr(fx.active, jwk=attacker_jwk(), kid=_DROP), claims(fx), ATTACKER_ED.sign
+        ),
+        "jku-attacker-jwks": lambda fx: forge(
+            hdr(fx.active, jku=f"{ATTACKER_URL[0]}/jwks.json"), claims(fx), ATTACKER_ED.sign
+        ),
+        "x5u-attacker-cert": lambda fx: forge(
+            hdr(fx.active, x5u=f"{ATTACKER_URL[0]}/cert.pem"), claims(fx), ATTACKER_ED.sign
+        ),
+        "jku-with-real-signature": lambda fx: forge(
+            hdr(fx.active, jku=f"{ATTACKER_URL[0]}/jwks.json"), claims(fx), real(fx)
+        ),
+    }
+    for case, (member, value) in {
+        "x5c": ("x5c", ["MIIB"]),
+        "x5t": ("x5t", "abc"),
+        "x5t#S256": ("x5t#S256", "abc"),
+        "crit": ("crit", ["exp"]),
+        "crit-empty": ("crit", []),
+        "cty": ("cty", "JWT"),
+        "b64-false": ("b64", False),
+        "zip": ("zip", "DEF"),
+        "enc": ("enc", "A256GCM"),
+        "nonce": ("nonce", "n"),
+        "iss": ("iss", "fbt"),
+        "Typ-capitalised": ("Typ", TYP),
+    }.items():
+        cases[f"header-{case}"] = lambda fx, member=member, value=value: forge(
+            hdr(fx.active, **{member: value}), claims(fx), real(fx)
+        )
+    cases["header-duplicate-alg-none-first"] = lambda fx: forge(
+        f'{{"alg":"none","alg":"EdDSA","kid":"{fx.active.kid}","typ":"{TYP}"}}'.encode(), claims(fx), ATTACKER_ED.sign
+    )
+    cases["header-json-array"] = lambda fx: forge(compact([hdr(fx.active)]), claims(fx), real(fx))
+    cases["header-not-json"] = lambda fx: forge(b"alg=EdDSA", claims(fx), real(fx))
+    cases["header-not-utf8"] = lambda fx: forge(b'{"alg":"\xff"}', claims(fx), real(fx))
+    cases["header-empty-object"] = lambda fx: forge(b"{}", claims(fx), real(fx))
+    # typ: required, and ours
+    for name, typ in {"missing": _DROP, "JWT": "JWT", "jwt": "jwt", "at+jwt": "at+jwt", "upper": TYP.upper(),
+                      "with-application": f"application/{TYP}", "null": None, "number": 1}.items():
+        cases[f"typ-{name}"] = lambda fx, typ=typ: forge(hdr(fx.active, typ=typ), claims(fx), real(fx))
+    return cases
+
+
+def _claim_cases() -> dict[str, tuple[Case, tuple[int, str]]]:
+    # Signed with the real key: only the claims are wrong.
+    def signed(**changes: Any) -> Case:
+        return lambda fx: forge(hdr(fx.active), claims(fx, **changes), real(fx))
+
+    def at(offset: float, name: str) -> Case:
+        return lambda fx: forge(hdr(fx.active), claims(fx, **{name: int(fx.now + offset)}), real(fx))
+
+    return {
+        "iss-other": (signed(iss="evil"), INVALID),
+        "iss-missing": (signed(iss=_DROP), INVALID),
+        "iss-list": (signed(iss=["fbt"]), INVALID),
+        "iss-padded": (signed(iss="fbt "), INVALID),
+        "iss-null": (signed(iss=None), INVALID),
+        "exp-beyond-leeway": (at(-31, "exp"), EXPIRED),
+        "exp-long-ago": (at(-86400 * 400, "exp"), EXPIRED),
+        "exp-missing": (signed(exp=_DROP), INVALID),
+        "exp-string": (lambda fx: forge(hdr(fx.active), claims(fx, exp=str(int(fx.now + 3600))), real(fx)), INVALID),
+        "exp-float": (lambda fx: forge(hdr(fx.active), claims(fx, exp=fx.now + 3600.5), real(fx)), INVALID),
+        "exp-bool": (signed(exp=True), INVALID),
+        "exp-null": (signed(exp=None), INVALID),
+        "iat-future-beyond-leeway": (at(31, "iat"), INVALID),
+        "iat-far-future": (at(86400 * 365, "iat"), INVALID),
+        "iat-missing": (signed(iat=_DROP), INVALID),
+        "iat-string": (signed(iat="0"), INVALID),
+        "jti-missing": (signed(jti=_DROP), INVALID),
+        "jti-dashed-uuid": (signed(jti=str(uuid.uuid4())), INVALID),
+        "jti-short": (signed(jti="abc"), INVALID),
+        "jti-number": (signed(jti=7), INVALID),
+        "run-missing": (signed(run=_DROP), INVALID),
+        "run-short": (signed(run="x" * 21), INVALID),
+        "run-dashed-uuid": (signed(run=str(uuid.uuid4())), INVALID),
+        "key-missing": (signed(key=_DROP), INVALID),
+        "key-number": (signed(key=1), INVALID),
+        "cfg-malformed": (signed(cfg=["x"]), INVALID),
+        "cfg-object": (signed(cfg={"type": "continuous"}), INVALID),
+        "use-unknown": (signed(use="z"), INVALID),
+        "use-list": (signed(use=["m"]), INVALID),
+        "cap-without-many": (signed(cap=5), INVALID),
+        "payload-array": (lambda fx: forge(hdr(fx.active), compact([claims(fx)]), real(fx)), INVALID),
+        "payload-null": (lambda fx: forge(hdr(fx.active), b"null", real(fx)), INVALID),
+        "payload-not-json": (lambda fx: forge(hdr(fx.active), b"jti=1", real(fx)), INVALID),
+        "payload-not-utf8": (lambda fx: forge(hdr(fx.active), b'{"iss":"\xff"}', real(fx)), INVALID),
+    }
+
+
+def _tamper_cases() -> dict[str, Case]:
+    def issued(fx: Ring) -> list[str]:
+        return forge(hdr(fx.active), claims(fx), real(fx)).split(".")
+
+    def with_payload(fx: Ring, **changes: Any) -> str:
+        head, _, sig = issued(fx)
+        return f"{head}.{b64(compact(claims(fx, **changes)))}.{sig}"
+
+    def flip_sig_bit(fx: Ring, index: int) -> str:
+        head, body, sig = issued(fx)
+        raw = bytearray(tokens.b64decode(sig))
+        raw[index] ^= 0x01
+        return f"{head}.{body}.{b64(bytes(raw))}"
+
+    def es_token(fx: Ring) -> list[str]:
+        return forge(hdr(fx.es), claims(fx), fx.es.sign).split(".")
+
+    def other_token_sig(fx: Ring) -> str:
+        head, body, _ = issued(fx)
+        return f"{head}.{body}.{issued(fx)[2]}"
+
+    def reordered_header(fx: Ring) -> str:
+        _, body, sig = issued(fx)
+        head = b64(compact({"typ": TYP, "kid": fx.active.kid, "alg": fx.active.alg}))
+        return f"{head}.{body}.{sig}"
+
+    def spaced_header(fx: Ring) -> str:
+        _, body, sig = issued(fx)
+        return f"{b64(json.dumps(hdr(fx.active)).encode())}.{body}.{sig}"
+
+    def es_sig_der(fx: Ring) -> str:
+        head, body, sig = es_token(fx)
+        raw = tokens.b64decode(sig)
+        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        return f"{head}.{body}.{b64(der)}"
+
+    def es_sig_swapped(fx: Ring) -> str:
+        head, body, sig = es_token(fx)
+        raw = tokens.b64decode(sig)
+        return f"{head}.{body}.{b64(raw[32:] + raw[:32])}"
+
+    def es_sig_zero(fx: Ring) -> str:
+        head, body, _ = es_token(fx)
+        return f"{head}.{body}.{b64(bytes(64))}"
+
+    return {
+        "payload-run-changed": lambda fx: with_payload(fx, run=b64(uuid.uuid4().bytes)),
+        "payload-key-changed": lambda fx: with_payload(fx, key="other"),
+        "payload-exp-extended": lambda fx: with_payload(fx, exp=int(fx.now) + 10**7),
+        "payload-cfg-removed": lambda fx: with_payload(fx, cfg=_DROP),
+        "payload-byte-appended": lambda fx: (lambda p: f"{p[0]}.{p[1]}A.{p[2]}")(issued(fx)),
+        "header-reordered": reordered_header,
+        "header-whitespace": spaced_header,
+        "header-kid-swapped-to-es": lambda fx: (lambda p: f"{b64(compact(hdr(fx.es, alg='EdDSA')))}.{p[1]}.{p[2]}")(
+            issued(fx)
+        ),
+        "sig-first-bit": lambda fx: flip_sig_bit(fx, 0),
+        "sig-middle-bit": lambda fx: flip_sig_bit(fx, 31),
+        "sig-last-byte-bit": lambda fx: flip_sig_bit(fx, 63),
+        "sig-truncated": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{p[2][:-4]}")(issued(fx)),
+        "sig-one-byte-short": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{b64(tokens.b64decode(p[2])[:-1])}")(issued(fx)),
+        "sig-extended": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{p[2]}AAAA")(issued(fx)),
+        "sig-all-A": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{'A' * 86}")(issued(fx)),
+        "sig-of-another-token": other_token_sig,
+        "sig-doubled": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{b64(tokens.b64decode(p[2]) * 2)}")(issued(fx)),
+        "es-sig-der-encoded": es_sig_der,
+        "es-sig-r-s-swapped": es_sig_swapped,
+        "es-sig-zero": es_sig_zero,
+        "signed-by-retired-key": lambda fx: forge(hdr(fx.retired), claims(fx), fx.retired.sign),
+        "signed-by-attacker-under-active-kid": lambda fx: forge(hdr(fx.active), claims(fx), ATTACKER_ED.sign),
+        "signed-by-attacker-p256-under-es-kid": lambda fx: forge(
+            hdr(fx.es), claims(fx), lambda d: es_raw(ATTACKER_P256, d, SHA256(), 32)
+        ),
+    }
+
+
+ALG_CASES = _alg_cases()
+KID_CASES = _kid_cases()
+HEADER_CASES = _header_cases()
+CLAIM_CASES = _claim_cases()
+TAMPER_CASES = _tamper_cases()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def attacker_server() -> Iterator[None]:
+    """A server the attacker controls: jku/x5u point here, and nothing may ever fetch from it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            JKU_HITS.append(self.path)
+            body = compact({"keys": [{**attacker_jwk(), "kid": "x"}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ATTACKER_URL[0] = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+def refused(client, redis_server, token: str, status: int, code: str) -> None:
+    """POST and GET both refuse the token, and nothing reaches the store."""
+    for response in (
+        client.post(f"{TOKENS}/{token}", json={"score": 1}),
+        client.get(f"{TOKENS}/{token}", params={"score": "1"}),
+    ):
+        assert response.status_code == status, (token, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == code
+    assert stream_entries(redis_server) == []
+    assert not [k for k in redis_server.client().keys("{fbt}:t:*") if redis_server.client().hexists(k, "fp")]
+
+
+def test_the_forging_helper_builds_tokens_that_are_accepted(fx, client, redis_server):
+    """The control: with nothing wrong, a token built here is accepted. So every refusal below
+    is the service's doing, not a broken helper."""
+    token = forge(hdr(fx.active), claims(fx), real(fx))
+    assert client.post(f"{TOKENS}/{token}", json={"score": 1}).status_code == 200
+    es = forge(hdr(fx.es), claims(fx), fx.es.sign)  # a pending key verifies
+    assert client.post(f"{TOKENS}/{es}", json={"score": 1}).status_code == 200
+    within = forge(hdr(fx.active), claims(fx, exp=int(fx.now) - 29, iat=int(fx.now) + 29), real(fx))
+    assert client.post(f"{TOKENS}/{within}", json={"score": 1}).status_code == 200  # the leeway is small, not zero
+    assert len(stream_entries(redis_server)) == 3
+
+
+@pytest.mark.parametrize("name", sorted(ALG_CASES))
+def test_algorithm_confusion_is_refused(fx, client, redis_server, name):
+    refused(client, redis_server, ALG_CASES[name](fx), *INVALID)
+
+
+@pytest.mark.parametrize("name", sorted(KID_CASES))
+def test_kid_is_an_opaque_lookup_key(fx, client, redis_server, name):
+    refused(client, redis_server, KID_CASES[name](fx), *INVALID)
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_CASES))
+def test_header_members_we_never_issue_are_refused(fx, client, redis_server, name):
+    refused(client, redis_server, HEADER_CASES[name](fx), *INVALID)
+
+
+def test_jku_and_x5u_are_never_fetched(fx, client, redis_server):
+    for name in ("jku-attacker-jwks", "x5u-attacker-cert", "jku-with-real-signature"):
+        refused(client, redis_server, HEADER_CASES[name](fx), *INVALID)
+    assert JKU_HITS == []
+
+
+@pytest.mark.parametrize("name", sorted(CLAIM_CASES))
+def test_bad_claims_are_refused(fx, client, redis_server, name):
+    build, expected = CLAIM_CASES[name]
+    refused(client, redis_server, build(fx), *expected)
+
+
+@pytest.mark.parametrize("name", sorted(TAMPER_CASES))
+def test_tampered_tokens_are_refused(fx, client, redis_server, name):
+    refused(client, redis_server, TAMPER_CASES[name](fx), *INVALID)
+
+
+def test_an_expired_token_is_410_even_by_id(fx, client, clock, redis_server):
+    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k",
+                                       "expires_in": {"minutes": 1}}, headers=AUTH).json()
+    clock.advance(60 + 31)
+    refused(client, redis_server, answer["id"], *EXPIRED)
+    refused(client, redis_server, token_of(answer), *EXPIRED)
+
+
+# -- the cheap pre-checks ------------------------------------------------------------------------
+# ``parse`` holds no key: whatever it refuses never reaches a key lookup or a signature check.
+
+def _garbage(fx: Ring) -> dict[str, str]:
+    good = forge(hdr(fx.active), claims(fx), real(fx))
+    head, body, sig = good.split(".")
+    garbage = {
+        "over-length-cap": f"{head}.{b64(b'x' * 1500)}.{sig}",
+        "one-segment": head,
+        "two-segments": f"{head}.{body}",
+        "four-segments": f"{good}.{sig}",
+        "five-segments-jwe": f"{head}.{body}.{sig}.{sig}.{sig}",
+        "empty-header": f".{body}.{sig}",
+        "empty-signature": f"{head}.{body}.",
+        "standard-base64-plus": f"{head}.{body}.{sig[:5]}+{sig[6:]}",
+        "standard-base64-slash": f"{head}.{body}.{sig[:5]}/{sig[6:]}",
+        "three-padding-chars": f"{good}===",
+        "padding-in-payload": f"{head}.{body}=.{sig}",
+        "space-inside": f"{head}.{body[:4]} {body[4:]}.{sig}",
+        "newline-at-end": f"{good}\n",
+        "unicode-letter": f"{head}.{body}.{sig[:-1]}é",
+        "fullwidth-dot": good.replace(".", "．", 1),
+        "header-extra-member": forge(hdr(fx.active, x="1"), claims(fx), real(fx)),
+        "header-typ-missing": forge(hdr(fx.active, typ=_DROP), claims(fx), real(fx)),
+        "header-not-base64-json": f"{b64(b'not json')}.{body}.{sig}",
+        "header-one-char-too-long": f"{head}A.{body}.{sig}",
+        "only-dots": "..",
+        "empty": "",
+    }
+    assert sorted(garbage) == sorted(GARBAGE_NAMES)
+    return garbage
+
+
+GARBAGE_NAMES = [
+    "over-length-cap", "one-segment", "two-segments", "four-segments", "five-segments-jwe", "empty-header",
+    "empty-signature", "standard-base64-plus", "standard-base64-slash", "three-padding-chars",
+    "padding-in-payload", "space-inside", "newline-at-end", "unicode-letter", "fullwidth-dot",
+    "header-extra-member", "header-typ-missing", "header-not-base64-json", "header-one-char-too-long",
+    "only-dots", "empty",
+]
+
+
+@pytest.mark.parametrize("name", GARBAGE_NAMES)
+def test_garbage_is_refused_by_the_shape_check_alone(fx, name):
+    token = _garbage(fx)[name]
+    with pytest.raises(TokenInvalid) as caught:
+        tokens.parse(token)
+    assert caught.value.status == 401 and caught.value.code == "token_invalid"
+
+
+def test_length_cap_is_2000_characters(fx):
+    head, body, sig = forge(hdr(fx.active), claims(fx), real(fx)).split(".")
+    pad = 2000 - len(head) - len(sig) - 2
+    at_cap = f"{head}.{'A' * pad}.{sig}"
+    assert len(at_cap) == tokens.MAX_TOKEN_LENGTH
+    tokens.parse(at_cap)  # shaped right: refused later, by the signature
+    with pytest.raises(TokenInvalid):
+        tokens.parse(f"{head}.{'A' * (pad + 1)}.{sig}")
