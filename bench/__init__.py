@@ -1,0 +1,1 @@
+"""Benchmark harness for issue 5 (see bench/README.md)."""
