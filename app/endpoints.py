@@ -259,7 +259,9 @@ async def tokens_root(request: Request) -> Response:
 async def jwks(request: Request) -> Response:
     return JSONResponse(
         service(request).keys.keyring.jwks(),
-        headers={"Cache-Control": "public, max-age=30"},
+        # Cacheable, but every use revalidates: a retired key must leave edge nodes within
+        # the 5 s of SPEC section 6, which a max-age would stretch.
+        headers={"Cache-Control": "public, no-cache"},
     )
 
 

@@ -234,6 +234,7 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.log.close()
         os.unlink(self.log.name)
 
 

@@ -47,7 +47,10 @@ def test_jwks_publishes_pending_and_active_public_keys(client, keys_dir):
     retired = ring.new()
     ring.retire(retired)
     client.app.state.service.keys.reload()
-    jwks = client.get("/.well-known/jwks.json").json()
+    r = client.get("/.well-known/jwks.json")
+    # Caches must revalidate: a retired key has to leave edge nodes within seconds.
+    assert "no-cache" in r.headers["cache-control"] and "max-age" not in r.headers["cache-control"]
+    jwks = r.json()
     by_kid = {k["kid"]: k for k in jwks["keys"]}
     assert set(by_kid) == {active, pending}
     assert by_kid[active]["kty"] == "OKP" and by_kid[active]["crv"] == "Ed25519"
