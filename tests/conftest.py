@@ -187,6 +187,27 @@ def issue(client: TestClient) -> Callable[..., dict[str, Any]]:
     return issue_one
 
 
+def issue_token(client: TestClient, **fields: Any) -> dict[str, Any]:
+    """Issue one token through the API (extra fields go into the request body)."""
+    body = {"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}
+    r = client.post(TOKENS, json=body, headers={"X-API-Key": API_KEY})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def submit_score(client: TestClient, token: str) -> tuple[int, str | None]:
+    r = client.post(f"{TOKENS}/{token}", json={"score": 1})
+    return r.status_code, r.json().get("code")
+
+
+@pytest.fixture(scope="module")
+def shared_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One keyring for a module whose tests don't change it (override ``keys_dir`` with it)."""
+    path = tmp_path_factory.mktemp("keys") / "keys"
+    KeyringDir(path).init()
+    return path
+
+
 def token_of(answer: dict[str, Any]) -> str:
     return str(answer["url"]).rsplit("/", 1)[1]
 

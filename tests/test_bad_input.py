@@ -15,8 +15,6 @@ import httpx
 import pytest
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
 
-from app.keyring import KeyringDir
-
 AUTH = {"X-API-Key": API_KEY}
 JSON = {"Content-Type": "application/json"}
 KIB = 1024
@@ -138,13 +136,6 @@ CONTENT_TYPES_415 = [
 ]
 CONTENT_TYPES_OK = [None, "application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
                     "text/plain;charset=UTF-8", "application/merge-patch+json"]
-
-
-@pytest.fixture(scope="module")
-def shared_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("bad-input") / "keys"
-    KeyringDir(path).init()
-    return path
 
 
 @pytest.fixture

@@ -11,13 +11,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, ROOT, TOKENS, free_port, token_of
-
-from app.keyring import KeyringDir
+from conftest import API_KEY, ROOT, TOKENS, free_port, issue_token, token_of
 
 AUTH = {"X-API-Key": API_KEY}
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -26,22 +23,12 @@ ORIGINS = ["https://evil.example", "http://localhost:3000", "null", "https://app
 CACHEABLE = {"/.well-known/jwks.json", "/widget.js"}
 
 
-@pytest.fixture(scope="module")
-def shared_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("headers") / "keys"
-    KeyringDir(path).init()
-    return path
-
-
 @pytest.fixture
 def keys_dir(shared_keys: Path) -> Path:
     return shared_keys
 
 
-def issue(client, **fields: Any) -> dict[str, Any]:
-    r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+issue = issue_token
 
 
 def preflight(client, path: str, origin: str, method: str, headers: str = "content-type"):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from conftest import API_KEY, TOKENS, free_port, token_of
+from conftest import API_KEY, TOKENS, free_port, issue_token, submit_score, token_of
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
@@ -102,14 +102,10 @@ def refresh(client: TestClient) -> bool:
 
 
 def issue(client: TestClient) -> str:
-    r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return token_of(r.json())
+    return token_of(issue_token(client))
 
 
-def submit(client: TestClient, token: str) -> tuple[int, str | None]:
-    r = client.post(f"{TOKENS}/{token}", json={"score": 1})
-    return r.status_code, r.json().get("code")
+submit = submit_score
 
 
 def forged(kid: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, TOKENS, token_of
+from conftest import API_KEY, TOKENS, issue_token, submit_score, token_of
 from keysync import sync_public
 from starlette.testclient import TestClient
 
@@ -28,14 +28,10 @@ def _mode(path: Path) -> int:
 
 
 def _issue(client: TestClient) -> str:
-    r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return token_of(r.json())
+    return token_of(issue_token(client))
 
 
-def _submit(client: TestClient, token: str) -> tuple[int, str | None]:
-    r = client.post(f"{TOKENS}/{token}", json={"score": 1})
-    return r.status_code, r.json().get("code")
+_submit = submit_score
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

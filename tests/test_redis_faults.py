@@ -17,25 +17,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from conftest import API_KEY, TOKENS, stream_entries, token_of
+from conftest import API_KEY, TOKENS, issue_token, stream_entries, token_of
 
 from app.dev import start_private_redis
-from app.keyring import KeyringDir
 
 AUTH = {"X-API-Key": API_KEY}
 EVICTING = ["allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu", "volatile-random",
             "volatile-ttl"]
-
-
-@pytest.fixture(scope="module")
-def shared_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "keys"
-    KeyringDir(path).init()
-    return path
 
 
 @pytest.fixture
@@ -43,10 +34,7 @@ def keys_dir(shared_keys: Path) -> Path:
     return shared_keys
 
 
-def issue(client, **fields: Any) -> dict[str, Any]:
-    r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+issue = issue_token
 
 
 def unavailable(response, *, html: bool = False) -> str:
