@@ -334,3 +334,11 @@ def test_a_node_without_a_keyring_loads_it_once_it_appears(tmp_path: Path) -> No
     assert source.reload() is False  # nothing new: not reloaded (nor logged) on every tick
     ring.init()
     assert source.reload() is True and source.keyring.signer is not None
+
+
+def test_kids_never_start_with_a_dash(tmp_path: Path) -> None:
+    # A kid is typed on the command line (`keys retire KID`): a leading '-' would read as an option.
+    ring = KeyringDir(tmp_path / "keys")
+    kids = [ring.new() for _ in range(200)]
+    assert len(set(kids)) == 200
+    assert not [k for k in kids if k.startswith("-")]
