@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import Settings
-from .keyring import ALGORITHMS, KeyringDir, KeyringError
+from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
 
 
 def _keys_dir(args: argparse.Namespace) -> KeyringDir:
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--dir", help="keyring directory (default: $FEEDBACK_KEYS_DIR or keys/)")
     actions = keys.add_subparsers(dest="action", required=True)
     new = actions.add_parser("new", help="create a pending key (it verifies, never signs)")
-    new.add_argument("--alg", choices=ALGORITHMS, default="EdDSA")
+    new.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALG)
     actions.add_parser("activate", help="make a pending key the signer").add_argument("kid")
     retire = actions.add_parser("retire", help="retire a key: its tokens stop verifying")
     retire.add_argument("kid")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $FEEDBACK_MAX_TTL + $FEEDBACK_LEEWAY)",
     )
     init = actions.add_parser("init", help="create and activate a key if the keyring is empty")
-    init.add_argument("--alg", choices=ALGORITHMS, default="EdDSA")
+    init.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALG)
     actions.add_parser("list", help="list keys and their states; warns (exit 1) about problems")
     actions.add_parser("jwks", help="print the JWK Set (pending and active public keys)")
     keys.set_defaults(func=cmd_keys)

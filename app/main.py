@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -121,6 +122,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await keys.start()
+        # Everything loaded so far (modules, the app, keys) lives as long as the process: keep it
+        # out of the collector's full passes, which otherwise pause a worker for 20-30 ms a few
+        # times a minute under load (bench: gen-2 pauses 21 ms -> under 1 ms median; p99 follows).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -230,18 +230,19 @@ class FeedbackService:
         submission.check(claims.config)
         created_at = isoformat(self.clock.now())
         # Under 'many' every submission is a feedback of its own.
-        feedback_id = uuid.uuid4() if claims.use == "many" else claims.feedback_id
+        feedback_id = str(uuid.uuid4() if claims.use == "many" else claims.feedback_id)
+        token_id, run_id = str(claims.token_id), str(claims.run_id)
         answer = {
-            "id": str(feedback_id),
-            "run_id": str(claims.run_id),
+            "id": feedback_id,
+            "run_id": run_id,
             "feedback_key": claims.feedback_key,
             **submission.to_json(),
             "created_at": created_at,
         }
         entry = {
-            "id": str(feedback_id),
-            "token_id": str(claims.token_id),
-            "run_id": str(claims.run_id),
+            "id": feedback_id,
+            "token_id": token_id,
+            "run_id": run_id,
             "feedback_key": claims.feedback_key,
             "score": encode_field(submission.score),
             "value": encode_field(submission.value),
@@ -251,7 +252,7 @@ class FeedbackService:
             "created_at": created_at,
         }
         return await self.store.submit(
-            str(claims.token_id),
+            token_id,
             submission.fingerprint(),
             claims.expires_at + self.settings.leeway,
             answer,

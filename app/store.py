@@ -18,6 +18,7 @@ not at all.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,8 +29,10 @@ from uuid import UUID
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError
 
+from . import encoding
 from .errors import StoreUnavailable, TokenRevoked, TokenUsed
 
 log = logging.getLogger("feedback_tokens.store")
@@ -94,6 +97,74 @@ return 1
 """
 
 
+class Coalescer:
+    """Calls of one script from concurrent requests, sent together as one pipeline.
+
+    A call queues its keys and arguments and waits; the first call of a loop iteration schedules
+    a flush for when the loop next comes round, which sends everything queued by then as one
+    non-transactional pipeline (one round trip, one write, one read). Each EVALSHA in it is still
+    atomic on its own, and each caller gets its own reply or its own error: a per-command error
+    (OOM, NOSCRIPT after a Redis restart, which is retried once after loading the script) fails
+    only that call; a connection error or timeout fails the calls of that pipeline. The client's
+    socket timeout bounds each pipeline as it bounds a single call."""
+
+    def __init__(self, client: aioredis.Redis, script: AsyncScript, max_batch: int = 512) -> None:
+        self.client = client
+        self.script = script
+        self.max_batch = max_batch
+        self._queue: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()  # strong references until done
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((keys, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._kick)
+        return await future
+
+    def _kick(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        for start in range(0, len(queue), self.max_batch):
+            task = asyncio.ensure_future(self._flush(queue[start : start + self.max_batch]))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _send(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, args, _ in batch:
+                pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+
+    async def _flush(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._send(batch)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # Redis lost its script cache (a restart or SCRIPT FLUSH): nothing ran for these.
+                await self.client.script_load(self.script.script)
+                retried = await self._send([batch[i] for i in missing])
+                for i, reply in zip(missing, retried, strict=True):
+                    replies[i] = reply
+        except BaseException as err:  # noqa: B036 - every waiter must hear of it, then re-raise
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(err if isinstance(err, Exception) else RedisError(repr(err)))
+            if not isinstance(err, Exception):
+                raise
+            return
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its request went away (cancelled); the reply has no reader
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredToken:
     token_id: str
@@ -143,6 +214,7 @@ class Store:
         self._submit = client.register_script(SUBMIT)
         self._issue = client.register_script(ISSUE)
         self._revoke = client.register_script(REVOKE)
+        self._submit_batched = Coalescer(client, self._submit)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, timeout: float, retry_after: int = 5) -> Store:
@@ -222,12 +294,12 @@ class Store:
     ) -> Outcome:
         """Record a submission under the token's use policy; under 'update' the answer gets its
         ``revision``. Raises TokenUsed / TokenRevoked."""
-        args: list[Any] = [fingerprint, expire_at, json.dumps(answer, separators=(",", ":")), use, cap or 0]
+        args: list[Any] = [fingerprint, expire_at, encoding.dumps(answer), use, cap or 0]
         for name, value in entry.items():
             args += (name, value)
         reply = await self._call(
             "submit",
-            lambda: self._submit(keys=[self.token_key(token_id), self.stream], args=args),
+            lambda: self._submit_batched([self.token_key(token_id), self.stream], args),
         )
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "ok":

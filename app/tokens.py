@@ -151,11 +151,15 @@ class ParsedToken:
     signature_segment: str
 
 
-def parse(token: str) -> ParsedToken:
-    """Step 1: reject anything that is not shaped like one of our tokens."""
-    if len(token) > MAX_TOKEN_LENGTH or not _SHAPE.fullmatch(token):
-        raise TokenInvalid("not a feedback token")
-    header_segment, payload_segment, signature_segment = token.split(".")
+# Header segments that parsed, exactly as they were sent: every token one key signs carries the
+# same header, so the submit path decodes it once per key. Only headers that passed every check
+# get in, and at most this many: a full cache starts over, so made-up headers (say, with unknown
+# kids) cost what they would without it and can't grow it.
+_HEADER_CACHE_SIZE = 64
+_headers: dict[str, tuple[str, str]] = {}
+
+
+def _parse_header(header_segment: str) -> tuple[str, str]:
     try:
         header = json.loads(b64decode(header_segment))
     except (ValueError, binascii.Error) as err:
@@ -167,6 +171,21 @@ def parse(token: str) -> ParsedToken:
         raise TokenInvalid("not a feedback token (wrong typ)")
     if not isinstance(alg, str) or not isinstance(kid, str) or not _KID.fullmatch(kid):
         raise TokenInvalid("unexpected token header")
+    return alg, kid
+
+
+def parse(token: str) -> ParsedToken:
+    """Step 1: reject anything that is not shaped like one of our tokens."""
+    if len(token) > MAX_TOKEN_LENGTH or not _SHAPE.fullmatch(token):
+        raise TokenInvalid("not a feedback token")
+    header_segment, payload_segment, signature_segment = token.split(".")
+    alg_kid = _headers.get(header_segment)
+    if alg_kid is None:
+        alg_kid = _parse_header(header_segment)
+        if len(_headers) >= _HEADER_CACHE_SIZE:
+            _headers.clear()
+        _headers[header_segment] = alg_kid
+    alg, kid = alg_kid
     return ParsedToken(
         alg=alg,
         kid=kid,
