@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from .keyring import KeyringDir
+from .keyring import DEFAULT_ALG, KeyringDir
 
 
 def _dev_api_key(root: Path) -> str:
@@ -71,7 +71,7 @@ def run_dev(root: Path, port: int) -> int:
     import uvicorn
 
     keys_dir = Path(os.environ.get("FEEDBACK_KEYS_DIR") or root / "keys")
-    kid = KeyringDir(keys_dir).init()
+    kid = KeyringDir(keys_dir).init(DEFAULT_ALG)
     if kid:
         print(f"created and activated signing key {kid} in {keys_dir}/")
     api_key = os.environ.get("FEEDBACK_API_KEYS", "").split(",")[0].strip()
