@@ -42,10 +42,15 @@ def authorize(request: Request) -> None:
 
 
 async def read_body(request: Request, cap: int) -> bytes:
-    """Read the body, refusing it as soon as it passes ``cap`` bytes (not after reading it all)."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    """Read a JSON body, refusing it as soon as it passes ``cap`` bytes (not after reading it all)."""
+    media = _media(request)
     if media not in _JSON_TYPES and not media.endswith("+json"):
         raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {media!r}")
+    return await read_capped(request, cap)
+
+
+async def read_capped(request: Request, cap: int) -> bytes:
+    """The body as it streams in, refused (413) the moment it passes ``cap`` bytes."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > cap:
         raise BodyTooLarge(f"the body may be at most {cap} bytes")
@@ -118,20 +123,6 @@ def _media(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_form(request: Request, cap: int) -> bytes:
-    """Like ``read_body``, for the urlencoded forms of our own pages."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > cap:
-        raise BodyTooLarge(f"the body may be at most {cap} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise BodyTooLarge(f"the body may be at most {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def submit_post(request: Request) -> Response:
     token = request.path_params["token"]
     if _media(request) == _FORM:
@@ -147,7 +138,7 @@ async def submit_form(request: Request, token: str) -> Response:
     lang = pages.language(request)
     svc = service(request)
     try:
-        raw = await read_form(request, feedback.BODY_CAP)
+        raw = await read_capped(request, feedback.BODY_CAP)
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
         except (UnicodeDecodeError, ValueError) as err:
