@@ -34,6 +34,8 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 
+## make lint: ruff on everything, mypy --strict on the package
 lint: $(STAMP)
-	$(BIN)/pip install --quiet ruff
+	$(BIN)/pip install --quiet ruff mypy
 	$(BIN)/ruff check app tests bench
+	$(BIN)/mypy --strict app

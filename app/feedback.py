@@ -83,7 +83,7 @@ class FeedbackConfig:
                 if not isinstance(cat, dict) or not set(cat) <= {"value", "label"}:
                     raise ValueError(f"categories[{i}] must be {{'value': number, 'label': str}}")
                 value, label = cat.get("value"), cat.get("label")
-                if not (is_number(value) and finite(value)):
+                if not isinstance(value, int | float) or isinstance(value, bool) or not finite(value):
                     raise ValueError(f"categories[{i}].value must be a finite number")
                 if label is not None and not (isinstance(label, str) and 0 < len(label) <= LABEL_CAP):
                     raise ValueError(f"categories[{i}].label must be a string of 1..{LABEL_CAP}")

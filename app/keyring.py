@@ -35,7 +35,7 @@ import secrets
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -551,6 +551,3 @@ def _find(entries: list[dict[str, str]], kid: str) -> dict[str, str]:
     known = ", ".join(e["kid"] for e in entries) or "none"
     raise KeyringError(f"no key {kid!r} in the keyring (keys: {known})")
 
-
-def with_state(key: Key, state: State) -> Key:
-    return replace(key, state=state)

@@ -181,6 +181,9 @@ def create_app(
     return app
 
 
+app: Starlette
+
+
 def __getattr__(name: str) -> Any:
     # `uvicorn app.main:app` builds the app on first access, so importing this module for
     # `create_app` (tests, the CLI) reads no environment.

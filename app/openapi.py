@@ -257,7 +257,7 @@ _token_param = {
     "description": "The JWT from the token URL, or the token id (UUID).",
     "schema": {"type": "string"},
 }
-_api_key = [{"apiKey": []}]
+_api_key: list[dict[str, list[str]]] = [{"apiKey": []}]
 def _problem_or_page(*classes: type[errors.FeedbackTokenError]) -> dict[str, Any]:
     # A browser (Accept: text/html) gets a short page with the same status instead.
     doc = _problem(*classes)

@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import redis.asyncio as aioredis
@@ -342,14 +342,18 @@ class Store:
         """The run's live tokens, oldest first."""
 
         async def run() -> list[StoredToken]:
-            members = await self.redis.zrange(self.run_key(run_id), 0, -1, withscores=True)
+            members = cast(
+                list[tuple[bytes, float]],
+                await self.redis.zrange(self.run_key(run_id), 0, -1, withscores=True),
+            )
             if not members:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:
                 for member, _ in members:
                     pipe.hmget(self.token_key(member.decode()), "jwt", "fp", "rev", "n")
-                rows = await pipe.execute()
-            found, gone = [], []
+                rows: list[list[bytes | None]] = await pipe.execute()
+            found: list[StoredToken] = []
+            gone: list[bytes] = []
             for (member, score), (jwt, fp, rev, n) in zip(members, rows, strict=True):
                 if jwt is None:
                     gone.append(member)
