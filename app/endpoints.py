@@ -151,9 +151,7 @@ async def submit_form(request: Request, token: str) -> Response:
         if not html:
             raise
         return _error_page(err, lang)
-    if html:
-        return _success_page(svc, claims, outcome, lang)
-    return _answer_response(outcome)
+    return _recorded(svc, claims, outcome, html, lang)
 
 
 async def submit_get(request: Request) -> Response:
@@ -200,9 +198,7 @@ async def submit_get(request: Request) -> Response:
         if not html:
             raise
         return _error_page(err, lang)
-    if html:
-        return _success_page(svc, claims, outcome, lang)
-    return _answer_response(outcome)
+    return _recorded(svc, claims, outcome, html, lang)
 
 
 def _error_page(err: FeedbackTokenError, lang: str) -> Response:
@@ -220,7 +216,10 @@ def _confirmation(url: str, submission: feedback.Submission) -> dict[str, Any]:
     }
 
 
-def _success_page(svc: FeedbackService, claims: TokenClaims, outcome: Outcome, lang: str) -> Response:
+def _recorded(svc: FeedbackService, claims: TokenClaims, outcome: Outcome, html: bool, lang: str) -> Response:
+    """The answer to a recorded submission: JSON, or for a browser a page (or the redirect)."""
+    if not html:
+        return _answer_response(outcome)
     if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
         return pages.redirect(claims.redirect_url or "")
     if outcome.duplicate:
