@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import Settings
-from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
+from app.config import Settings
+from app.keys.keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
 
 
 def _keys_dir(args: argparse.Namespace) -> KeyringDir:
@@ -116,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from .dev import run_dev
+    from app.dev import run_dev
 
     return run_dev(Path(args.root), args.port)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .policy import origin
+from app.domain.policy import origin
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from .keyring import DEFAULT_ALG, KeyringDir
+from app.keys.keyring import DEFAULT_ALG, KeyringDir
 
 
 def _dev_api_key(root: Path) -> str:

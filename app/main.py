@@ -17,14 +17,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import assets, demo, endpoints, openapi
-from .clock import Clock
-from .config import Settings
-from .errors import FeedbackTokenError, MethodNotAllowed, NotFound
-from .keyring import KeyringDir
-from .keysource import DirectorySource, JwksSource, KeySource
-from .middleware import BASE_HEADERS, SecurityHeaders
-from .store import Store
+from app.clock import Clock
+from app.config import Settings
+from app.errors import FeedbackTokenError, MethodNotAllowed, NotFound
+from app.http import assets, demo, endpoints, openapi
+from app.http.middleware import BASE_HEADERS, SecurityHeaders
+from app.keys.keyring import KeyringDir
+from app.keys.source import DirectorySource, JwksSource, KeySource
+from app.store.store import Store
 
 log = logging.getLogger("feedback_tokens")
 _TOKEN_IN_PATH = re.compile(r"(/feedback/tokens/)([A-Za-z0-9_-]{12})[A-Za-z0-9_.=-]{20,}")
@@ -108,7 +108,7 @@ def create_app(
     clock: Clock | None = None,
     keys: KeySource | None = None,
 ) -> Starlette:
-    from .service import FeedbackService
+    from app.domain.service import FeedbackService
 
     settings = settings or Settings.from_env()
     clock = clock or Clock()

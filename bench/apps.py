@@ -58,7 +58,7 @@ class NoStorageStore:
 
 def build_verify_app() -> Starlette:
     from app.main import create_app
-    from app.store import Outcome
+    from app.store.store import Outcome
 
     app = create_app()
     service = app.state.service

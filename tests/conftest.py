@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 
 from app.clock import FrozenClock
 from app.config import Secret, Settings
-from app.keyring import KeyringDir
+from app.keys.keyring import KeyringDir
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

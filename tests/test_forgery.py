@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256, SHA384
 
-from app import tokens
+from app.domain import tokens
 from app.errors import TokenInvalid
-from app.keyring import Key, KeyringDir
+from app.keys.keyring import Key, KeyringDir
 
 TYP = tokens.TOKEN_TYPE
 AUTH = {"X-API-Key": API_KEY}

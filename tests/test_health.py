@@ -16,7 +16,7 @@ import httpx
 import pytest
 from conftest import ROOT, TOKENS, RedisServer, free_port
 
-from app.keyring import KeyringDir
+from app.keys.keyring import KeyringDir
 
 
 def test_healthz(client):

@@ -11,8 +11,8 @@ import jwt
 import pytest
 from conftest import API_KEY, TOKENS, token_of
 
-from app.keyring import KeyringDir
-from app.tokens import b64decode
+from app.domain.tokens import b64decode
+from app.keys.keyring import KeyringDir
 
 AUTH = {"X-API-Key": API_KEY}
 

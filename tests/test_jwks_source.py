@@ -26,11 +26,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from app import tokens
 from app.config import ConfigError, Settings
-from app.keyring import Key, Keyring, KeyringDir, KeyringError, key_from_jwk, keyring_from_jwks
-from app.keysource import MAX_JWKS_BYTES, JwksSource
-from app.tokens import TokenClaims
+from app.domain import tokens
+from app.domain.tokens import TokenClaims
+from app.keys.keyring import Key, Keyring, KeyringDir, KeyringError, key_from_jwk, keyring_from_jwks
+from app.keys.source import MAX_JWKS_BYTES, JwksSource
 
 AUTH = {"X-API-Key": API_KEY}
 

@@ -17,8 +17,8 @@ from keysync import sync_public
 from starlette.testclient import TestClient
 
 from app.clock import FrozenClock
-from app.keyring import KeyringDir, KeyringError
-from app.keysource import DirectorySource
+from app.keys.keyring import KeyringDir, KeyringError
+from app.keys.source import DirectorySource
 
 AUTH = {"X-API-Key": API_KEY}
 

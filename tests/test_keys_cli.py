@@ -13,9 +13,9 @@ import jwt
 import pytest
 from keysync import sync_public
 
-from app import tokens
-from app.keyring import KeyringDir
-from app.tokens import TokenClaims
+from app.domain import tokens
+from app.domain.tokens import TokenClaims
+from app.keys.keyring import KeyringDir
 
 CLI = Path(sys.executable).with_name("feedback-tokens")
 

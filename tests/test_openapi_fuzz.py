@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.keyring import KeyringDir
+from app.keys.keyring import KeyringDir
 
 AUTH = {"X-API-Key": API_KEY}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -50,7 +50,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, 
 def operations() -> list[tuple[str, str, GenerationMode]]:
     """Every operation with valid data; with invalid data, those that take a body or query (a
     bare string path parameter has no invalid value)."""
-    from app.openapi import DOCUMENT
+    from app.http.openapi import DOCUMENT
 
     cases = []
     for path, item in DOCUMENT["paths"].items():

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from conftest import API_KEY, TOKENS, live_env, stream_entries, token_of
 
-from app.tokens import b64decode
+from app.domain.tokens import b64decode
 
 AUTH = {"X-API-Key": API_KEY}
 THUMBS = {"type": "continuous", "min": 0, "max": 1}

@@ -18,12 +18,12 @@ from conftest import API_KEY, TOKENS, stream_entries, token_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import feedback, tokens
+from app.domain import feedback, tokens
+from app.domain.feedback import FeedbackConfig
+from app.domain.tokens import TokenClaims
 from app.errors import InvalidBody, InvalidFeedback, TokenInvalid
-from app.feedback import FeedbackConfig
-from app.keyring import Key, Keyring, KeyringDir
-from app.store import encode_field
-from app.tokens import TokenClaims
+from app.keys.keyring import Key, Keyring, KeyringDir
+from app.store.store import encode_field
 
 AUTH = {"X-API-Key": API_KEY}
 ISSUER = "fbt"

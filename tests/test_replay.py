@@ -19,8 +19,8 @@ import httpx
 import pytest
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
 
-from app import tokens
-from app.keyring import KeyringDir
+from app.domain import tokens
+from app.keys.keyring import KeyringDir
 
 AUTH = {"X-API-Key": API_KEY}
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551

@@ -25,7 +25,7 @@ import httpx
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, live_env, token_of
 from keysync import sync_public
 
-from app import tokens
+from app.domain import tokens
 
 CLI = Path(sys.executable).with_name("feedback-tokens")
 POLL = 0.5  # FEEDBACK_KEYRING_POLL on the nodes, FEEDBACK_JWKS_REFRESH on the JWKS node

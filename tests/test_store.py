@@ -1,4 +1,4 @@
-"""The store's coalescing of concurrent submit calls (app/store.py ``Coalescer``): one pipeline,
+"""The store's coalescing of concurrent submit calls (app/store/store.py ``Coalescer``): one pipeline,
 each call still its own atomic script run with its own answer or error."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from conftest import RedisServer
 
 from app.errors import StoreUnavailable, TokenUsed
-from app.store import Outcome, Store
+from app.store.store import Outcome, Store
 
 FAR = 4_000_000_000
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from conftest import API_KEY, TOKENS, stream_entries, token_of
 
-from app.keyring import KeyringDir
+from app.keys.keyring import KeyringDir
 
 AUTH = {"X-API-Key": API_KEY}
 CONTINUOUS = {"type": "continuous", "min": 0, "max": 1}

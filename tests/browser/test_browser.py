@@ -19,9 +19,9 @@ import httpx
 import pytest
 from conftest import API_KEY, ROOT, TOKENS, LiveServer, RedisServer, free_port, stream_entries, token_of
 
-from app import tokens
-from app.feedback import FeedbackConfig
-from app.keyring import KeyringDir
+from app.domain import tokens
+from app.domain.feedback import FeedbackConfig
+from app.keys.keyring import KeyringDir
 
 CHROMIUM = "/usr/bin/chromium"
 # As on this machine's docs: without the background-networking flags Chromium keeps trying hosts

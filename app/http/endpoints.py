@@ -10,8 +10,11 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import encoding, feedback, pages, policy
-from .errors import (
+from app import encoding
+from app.domain import feedback, policy
+from app.domain.service import FeedbackService
+from app.domain.tokens import TokenClaims
+from app.errors import (
     BodyTooLarge,
     FeedbackTokenError,
     InvalidBody,
@@ -19,9 +22,8 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .service import FeedbackService
-from .store import Outcome
-from .tokens import TokenClaims
+from app.http import pages
+from app.store.store import Outcome
 
 ISSUE_BODY_CAP = 256 * 1024
 _JSON_TYPES = ("application/json", "text/plain", "")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import InvalidBody, InvalidFeedback
+from app.errors import InvalidBody, InvalidFeedback
 
 COMMENT_CAP = 4 * 1024
 CORRECTION_CAP = 16 * 1024

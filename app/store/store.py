@@ -32,15 +32,15 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError
 
-from . import encoding
-from .errors import StoreUnavailable, TokenRevoked, TokenUsed
+from app import encoding
+from app.errors import StoreUnavailable, TokenRevoked, TokenUsed
 
 log = logging.getLogger("feedback_tokens.store")
 T = TypeVar("T")
 
 # KEYS[1] token record, KEYS[2] feedback stream
 # ARGV[1] submission fingerprint, ARGV[2] record expiry (unix s), ARGV[3] answer JSON,
-# ARGV[4] use policy ('once' | 'update' | 'many', see app/policy.py), ARGV[5] cap on uses (0: none),
+# ARGV[4] use policy ('once' | 'update' | 'many', see app/domain/policy.py), ARGV[5] cap on uses (0: none),
 # ARGV[6..] stream entry field/value pairs
 # Returns {"ok", entry id, uses} | {"dup", stored answer JSON, uses} | {"used"} | {"revoked"}
 # 'once' and 'update' keep the latest fingerprint and answer: resending it is a duplicate. 'update'

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import httpx
 
-from .keyring import Keyring, KeyringDir, KeyringError, keyring_from_jwks
+from app.keys.keyring import Keyring, KeyringDir, KeyringError, keyring_from_jwks
 
 log = logging.getLogger("feedback_tokens.keys")
 

@@ -12,9 +12,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import assets, feedback
-from .endpoints import read_body, service
-from .errors import InvalidRequest
+from app.domain import feedback
+from app.errors import InvalidRequest
+from app.http import assets
+from app.http.endpoints import read_body, service
 
 # The page loads its own script and the widget, and talks to this service only.
 PAGE_CSP = (

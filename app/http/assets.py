@@ -1,4 +1,4 @@
-"""Files served as they are from ``app/static``: the widget, and the demo's page and script."""
+"""Files served as they are from ``app/http/static``: the widget, and the demo's page and script."""
 
 from __future__ import annotations
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import policy
-from .errors import InvalidRequest
-from .feedback import FeedbackConfig
+from app.domain import policy
+from app.domain.feedback import FeedbackConfig
+from app.errors import InvalidRequest
 
 MAX_BATCH = 100
 FIELDS = frozenset({"run_id", "feedback_key", "expires_in", "expires_at", "feedback_config", "id"})
-# Ours, beyond LangSmith's (app/policy.py): each optional, null meaning the default.
+# Ours, beyond LangSmith's (app/domain/policy.py): each optional, null meaning the default.
 POLICY_FIELDS = frozenset({"use", "max_uses", "confirm", "redirect_url"})
 _DELTA_FIELDS = {"days": 86400, "hours": 3600, "minutes": 60}
 

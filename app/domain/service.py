@@ -6,10 +6,12 @@ import json
 import uuid
 from typing import Any
 
-from . import issuance, policy, tokens
-from .clock import Clock, isoformat
-from .config import Settings
-from .errors import (
+from app.clock import Clock, isoformat
+from app.config import Settings
+from app.domain import issuance, policy, tokens
+from app.domain.feedback import Submission
+from app.domain.tokens import TokenClaims
+from app.errors import (
     InvalidRequest,
     SigningDisabled,
     TokenExpired,
@@ -18,10 +20,8 @@ from .errors import (
     TokenRevoked,
     TokenUsed,
 )
-from .feedback import Submission
-from .keysource import KeySource
-from .store import Outcome, Store, TokenState, encode_field
-from .tokens import TokenClaims
+from app.keys.source import KeySource
+from app.store.store import Outcome, Store, TokenState, encode_field
 
 TOKEN_PATH = "/api/v1/feedback/tokens/"
 

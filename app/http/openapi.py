@@ -7,10 +7,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import errors
+from app import errors
 
 _uuid = {"type": "string", "format": "uuid"}
-# Request fields of ours beyond LangSmith's (app/policy.py); null means the default.
+# Request fields of ours beyond LangSmith's (app/domain/policy.py); null means the default.
 _POLICY_REQUEST: dict[str, Any] = {
     "use": {
         "enum": ["once", "update", "many", None],

@@ -24,10 +24,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import TokenExpired, TokenInvalid
-from .feedback import FeedbackConfig
-from .keyring import Key, Keyring
-from .policy import Use
+from app.domain.feedback import FeedbackConfig
+from app.domain.policy import Use
+from app.errors import TokenExpired, TokenInvalid
+from app.keys.keyring import Key, Keyring
 
 TOKEN_TYPE = "fbt+jwt"
 MAX_TOKEN_LENGTH = 2000
@@ -72,7 +72,7 @@ class TokenClaims:
     issued_at: int
     expires_at: int
     config: FeedbackConfig | None = None
-    # Use policy and link behaviour (app/policy.py); each claim is omitted at its default, so a
+    # Use policy and link behaviour (app/domain/policy.py); each claim is omitted at its default, so a
     # default token is no longer than before.
     use: Use = "once"
     max_uses: int | None = None

@@ -19,8 +19,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from .feedback import FeedbackConfig, Number, Submission
-from .tokens import TokenClaims
+from app.domain.feedback import FeedbackConfig, Number, Submission
+from app.domain.tokens import TokenClaims
 
 LANGUAGES = ("en", "fr")
 ANSWER_FIELDS = ("score", "value", "comment", "correction")

@@ -48,7 +48,7 @@ from jwt import PyJWK
 from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm
 from jwt.exceptions import PyJWTError
 
-from .clock import Clock
+from app.clock import Clock
 
 Alg = Literal["EdDSA", "ES256"]
 State = Literal["pending", "active", "retired"]

@@ -1,0 +1,1 @@
+"""The domain: tokens, feedback rules, use policies, issuance, and the service that ties them."""

@@ -1,0 +1,1 @@
+"""HTTP: endpoints, pages, middleware, the OpenAPI document, static assets."""

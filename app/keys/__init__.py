@@ -1,0 +1,1 @@
+"""Signing keys: the keyring on disk and where a running node gets its keys."""

@@ -1,0 +1,1 @@
+"""Redis: key layout, Lua scripts, and the store the service talks to."""
