@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.domain.policy import origin
+from app.store.keyspace import MAX_SHARDS
 
 
 class ConfigError(ValueError):
@@ -26,20 +27,29 @@ class Secret:
     __str__ = __repr__
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    minimum: int = 1,
+    maximum: int | None = None,
+    unit: str = " of seconds",
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError as err:
-        raise ConfigError(f"{name} must be a whole number of seconds, got {raw!r}") from err
+        raise ConfigError(f"{name} must be a whole number{unit}, got {raw!r}") from err
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -47,9 +57,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError as err:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from err
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    if not (value >= 0 if allow_zero else value > 0) or value != value or value == float("inf"):
+        raise ConfigError(f"{name} must be {'zero or more' if allow_zero else 'positive'}, got {raw!r}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -108,10 +125,22 @@ class Settings:
     jwks_refresh: float = 4.0
     # Least seconds between the extra fetches that unknown kids trigger (forged kids are free).
     jwks_refetch_floor: float = 10.0
-
-    @property
-    def stream_key(self) -> str:
-        return f"{{{self.redis_prefix}}}:feedback"
+    # A verify-only node whose JWK Set copy is older than this fails closed (503 keys_stale).
+    jwks_max_age: float = 600.0
+    # The largest clock difference between any node and Redis the fleet tolerates: records of
+    # used and revoked tokens live this long past exp + leeway (docs/durability.md).
+    max_clock_skew: int = 60
+    # Shards of the keyspace (hash tags; one feedback stream each). See app/store/keyspace.py.
+    shards: int = 16
+    # auto: ask the server whether it is a Redis Cluster node; yes / no: don't ask.
+    redis_cluster: str = "auto"
+    # Connections per Redis server and process; when all are busy a request answers 503 at once.
+    redis_pool_size: int = 64
+    # Most live tokens one run may hold in one shard (one request's tokens share a shard).
+    max_run_tokens: int = 1000
+    # Seconds between SIGTERM and closing: /readyz answers 503 and answers say Connection: close,
+    # so load balancers and clients move away before the listener closes.
+    shutdown_drain: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,4 +171,11 @@ class Settings:
             jwks_url=_url(env, "FEEDBACK_JWKS_URL"),
             jwks_refresh=_float(env, "FEEDBACK_JWKS_REFRESH", cls.jwks_refresh),
             jwks_refetch_floor=_float(env, "FEEDBACK_JWKS_REFETCH_FLOOR", cls.jwks_refetch_floor),
+            jwks_max_age=_float(env, "FEEDBACK_JWKS_MAX_AGE", cls.jwks_max_age),
+            max_clock_skew=_int(env, "FEEDBACK_MAX_CLOCK_SKEW", cls.max_clock_skew, minimum=0),
+            shards=_int(env, "FEEDBACK_SHARDS", cls.shards, maximum=MAX_SHARDS, unit=""),
+            redis_cluster=_choice(env, "FEEDBACK_REDIS_CLUSTER", ("auto", "yes", "no"), cls.redis_cluster),
+            redis_pool_size=_int(env, "FEEDBACK_REDIS_POOL", cls.redis_pool_size, unit=""),
+            max_run_tokens=_int(env, "FEEDBACK_MAX_RUN_TOKENS", cls.max_run_tokens, unit=""),
+            shutdown_drain=_float(env, "FEEDBACK_SHUTDOWN_DRAIN", cls.shutdown_drain, allow_zero=True),
         )

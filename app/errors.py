@@ -11,6 +11,7 @@
     ├── BodyTooLarge                413 body_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
     ├── StoreUnavailable            503 store_unavailable (with Retry-After)
+    ├── KeysStale                   503 keys_stale (with Retry-After)
     ├── Unauthorized                401 unauthorized
     ├── InvalidRequest              422 invalid_request
     ├── SigningDisabled             403 signing_disabled
@@ -102,6 +103,14 @@ class StoreUnavailable(FeedbackTokenError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class KeysStale(StoreUnavailable):
+    """A verify-only node whose copy of the issuer's keys is too old to trust: it fails closed
+    rather than keep accepting tokens of a key the issuer may have retired since."""
+
+    code = "keys_stale"
+    title = "Signing keys out of date"
 
 
 class Unauthorized(FeedbackTokenError):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import layout
 import pytest
 import redis
 from starlette.testclient import TestClient
@@ -209,12 +210,18 @@ def shared_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def token_of(answer: dict[str, Any]) -> str:
-    return str(answer["url"]).rsplit("/", 1)[1]
+    """The JWT of an issued token (its URL is ``.../tokens/<jwt>/<token id>``)."""
+    return str(answer["url"]).rsplit("/", 2)[1]
+
+
+def path_of(answer: dict[str, Any]) -> str:
+    """The path of an issued token's URL (the JWT, then the token id)."""
+    return "/" + str(answer["url"]).split("/", 3)[3]
 
 
 def stream_entries(server: RedisServer, prefix: str = "fbt") -> list[dict[str, str]]:
-    rows = server.client().xrange(f"{{{prefix}}}:feedback")
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+    """Every feedback entry in every shard's stream, oldest first."""
+    return [entry for _, entry in layout.stream_rows(server.client(), prefix)]
 
 
 class LiveServer:

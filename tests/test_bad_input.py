@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import layout
 import pytest
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
 
@@ -353,7 +354,7 @@ ISSUE_400: dict[str, bytes] = {
 
 
 def nothing_stored(server: RedisServer) -> bool:
-    return server.client().dbsize() == 0
+    return layout.data_keys(server.client()) == []
 
 
 @pytest.mark.parametrize("name", sorted(ISSUE_422))

@@ -334,7 +334,8 @@ def _claim_cases() -> dict[str, tuple[Case, tuple[int, str]]]:
         "exp-float": (lambda fx: forge(hdr(fx.active), claims(fx, exp=fx.now + 3600.5), real(fx)), INVALID),
         "exp-bool": (signed(exp=True), INVALID),
         "exp-null": (signed(exp=None), INVALID),
-        "iat-future-beyond-leeway": (at(31, "iat"), INVALID),
+        # iat may run ahead by the leeway plus the clock skew the fleet tolerates (30 + 60 s).
+        "iat-future-beyond-leeway-and-skew": (at(91, "iat"), INVALID),
         "iat-far-future": (at(86400 * 365, "iat"), INVALID),
         "iat-missing": (signed(iat=_DROP), INVALID),
         "iat-string": (signed(iat="0"), INVALID),

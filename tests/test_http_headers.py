@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import layout
 import pytest
 from conftest import API_KEY, ROOT, TOKENS, free_port, issue_token, token_of
 
@@ -91,7 +93,7 @@ def test_simple_cross_origin_issuance_without_the_key_is_refused(client, redis_s
                              "Cookie": "session=abc"})
     assert r.status_code == 401 and r.json()["code"] == "unauthorized"
     assert "access-control-allow-credentials" not in r.headers
-    assert redis_server.client().dbsize() == 0
+    assert layout.data_keys(redis_server.client()) == []
 
 
 # -- security headers on every answer ------------------------------------------------------------
@@ -325,13 +327,15 @@ def test_an_unexpected_failure_is_a_problem_with_the_same_headers(settings, cloc
     from app.main import create_app
 
     with TestClient(create_app(settings, clock=clock), raise_server_exceptions=False) as client:
-        answer = issue(client)
+        answer = issue(client, use="update")
         token = token_of(answer)
         assert client.post(f"{TOKENS}/{token}", json={"score": 1}).status_code == 200
-        # Damage the stored answer, as a bad migration or a hand edit would.
-        redis_server.client().hset(f"{{fbt}}:t:{answer['id']}", "ans", "not json")
+        # Damage the stored latest answer, as a bad migration or a hand edit would.
+        fields = layout.token_fields(redis_server.client(), answer["id"])
+        local = base64.urlsafe_b64encode(uuid.UUID(answer["id"]).bytes[8:]).rstrip(b"=").decode()
+        redis_server.client().hset(fields["key"], f"{local}:v", "not json")
         with caplog.at_level(logging.ERROR, logger="feedback_tokens"):
-            r = client.post(f"{TOKENS}/{token}", json={"score": 1})
+            r = client.get(f"{TOKENS}/{token}/info")
     assert r.status_code == 500
     assert r.headers["content-type"] == "application/problem+json" and r.json()["code"] == "internal_error"
     assert r.headers["cache-control"] == "no-store"

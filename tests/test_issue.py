@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import jwt
+import layout
 import pytest
 from conftest import API_KEY, TOKENS, token_of
 
@@ -98,7 +100,7 @@ def test_a_bad_item_refuses_the_whole_batch_and_names_it(client, redis_server):
     batch = [_body(), _body(feedback_key=""), _body()]
     body = _problem(client.post(TOKENS, json=batch, headers=AUTH), 422, "invalid_request")
     assert body["detail"].startswith("[1]")
-    assert redis_server.client().keys("*") == []  # nothing of the batch was stored
+    assert layout.data_keys(redis_server.client()) == []  # nothing of the batch was stored
 
 
 @pytest.mark.parametrize(
@@ -172,7 +174,7 @@ def test_zero_expiry_names_the_sdk_pitfall(client):
 )
 def test_invalid_requests_are_422(client, redis_server, fields):
     _problem(client.post(TOKENS, json=_body(**fields), headers=AUTH), 422, "invalid_request")
-    assert redis_server.client().keys("*") == []
+    assert layout.data_keys(redis_server.client()) == []
 
 
 def test_max_ttl_is_configurable(make_app):
@@ -219,12 +221,20 @@ def test_verify_only_node_refuses_issuance_with_403(make_app, tmp_path, keys_dir
     assert not any(name.endswith(".key.pem") for name in os.listdir(public_only))
 
 
-def test_issuance_writes_a_token_record_and_run_index(client, redis_server):
+def test_issuance_writes_the_token_into_its_run_record(client, redis_server, clock):
     body = _body()
     answer = client.post(TOKENS, json=body, headers=AUTH).json()
     r = redis_server.client()
-    record = r.hgetall(f"{{fbt}}:t:{answer['id']}")
-    assert record[b"jwt"].decode() == token_of(answer)
-    assert 0 < r.ttl(f"{{fbt}}:t:{answer['id']}") <= 3 * 3600 + 60
-    assert r.zrange(f"{{fbt}}:r:{body['run_id']}", 0, -1) == [answer["id"].encode()]
-    assert r.ttl(f"{{fbt}}:r:{body['run_id']}") > 0
+    fields = layout.token_fields(r, answer["id"])
+    # The record holds the claims and signature, not the JWT: the JWT is rebuilt from them.
+    assert fields["record"] is not None and len(fields["record"]) < 70
+    assert fields["signature"] == b64decode(token_of(answer).rsplit(".", 1)[1])
+    assert fields["uses"] == 0 and not fields["revoked"]
+    # It lives as long as any node may accept the token: exp + leeway (30 s) + clock skew (60 s).
+    exp = int(datetime.fromisoformat(answer["expires_at"]).timestamp())
+    assert r.expiretime(fields["key"]) == exp + 30 + 60
+    # The run's index within the record lists the token by its local id.
+    local = base64.urlsafe_b64encode(uuid.UUID(answer["id"]).bytes[8:]).rstrip(b"=")
+    assert r.hget(fields["key"], "#") == local
+    # ... and the token is found by id (the LangSmith SDK's way).
+    assert client.post(f"{TOKENS}/{answer['id']}", json={"score": 1}).status_code == 200

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from app.domain import feedback, tokens
 from app.domain.feedback import FeedbackConfig
+from app.domain.service import encode_field
 from app.domain.tokens import TokenClaims
 from app.errors import InvalidBody, InvalidFeedback, TokenInvalid
 from app.keys.keyring import Key, Keyring, KeyringDir
-from app.store.store import encode_field
 
 AUTH = {"X-API-Key": API_KEY}
 ISSUER = "fbt"

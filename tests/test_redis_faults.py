@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import layout
 import pytest
 import redis
 from conftest import API_KEY, TOKENS, issue_token, stream_entries, token_of
@@ -50,8 +51,8 @@ def unavailable(response, *, html: bool = False) -> str:
 
 def consistent(client: redis.Redis) -> set[str]:
     """The token ids marked used, after checking that they are exactly the stream's."""
-    marked = {k.decode().rsplit(":", 1)[1] for k in client.keys("{fbt}:t:*") if client.hexists(k, "fp")}
-    streamed = [fields[b"token_id"].decode() for _, fields in client.xrange("{fbt}:feedback")]
+    marked = layout.used_tokens(client)
+    streamed = [entry["token_id"] for _, entry in layout.stream_rows(client)]
     assert sorted(streamed) == sorted(set(streamed)), "a token appended twice"
     assert marked == set(streamed), "a used marker without its stream entry, or the reverse"
     return marked
@@ -150,13 +151,13 @@ def test_out_of_memory_is_503_and_writes_nothing(make_app, redis_factory):
     first, second = issue(client), issue(client)
     filler = own.client()
     fill_to_the_brim(filler)
-    keys_before = set(filler.keys("{fbt}:*"))
+    keys_before = set(filler.keys("{fbt*}*"))
 
     detail = unavailable(client.post(f"{TOKENS}/{token_of(first)}", json={"score": 1}))
     assert "memory" in detail
     unavailable(client.get(f"{TOKENS}/{second['id']}", params={"score": "1"}))
     unavailable(client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH))
-    assert set(filler.keys("{fbt}:*")) == keys_before  # no stream, no new record
+    assert set(filler.keys("{fbt*}*")) == keys_before  # no stream, no new record
     assert consistent(filler) == set()
 
     filler.config_set("maxmemory", "0")
@@ -222,7 +223,7 @@ def test_private_redis_keeps_used_markers_across_a_restart(make_app, dev_root, h
         assert client.post(url_path, json={"score": 1}).json()["duplicate"] is True
         again = redis.Redis.from_url(url)
         assert consistent(again) == {answer["id"]}
-        assert again.xlen("{fbt}:feedback") == 1
+        assert layout.feedback_count(again) == 1
         again.close()
     finally:
         if proc.poll() is None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import layout
 import pytest
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
 
@@ -73,8 +74,7 @@ def issue(client, **fields: Any) -> dict[str, Any]:
 
 
 def used_markers(server: RedisServer) -> set[str]:
-    c = server.client()
-    return {k.decode().rsplit(":", 1)[1] for k in c.keys("{fbt}:t:*") if c.hexists(k, "fp")}
+    return layout.used_tokens(server.client())
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import layout
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, live_env, token_of
 from keysync import sync_public
 
@@ -185,7 +186,7 @@ def test_rotation_under_load_fails_no_submission(
     by_kid_node = Counter((r.kid, r.node) for r in results)
     assert all(by_kid_node[(kid, node)] > 0 for kid in (old, new) for node in nodes), by_kid_node
     # Each 200 appended exactly one entry to the stream; the 401s appended nothing.
-    assert redis_server.client().xlen("{fbt}:feedback") == len(results)
+    assert layout.feedback_count(redis_server.client()) == len(results)
     print(
         f"\nrotation: {len(results)} submissions, 0 failed "
         f"({sum(c for (k, _), c in by_kid_node.items() if k == old)} old key, "

@@ -1,32 +1,67 @@
-"""The store's coalescing of concurrent submit calls (app/store/store.py ``Coalescer``): one pipeline,
-each call still its own atomic script run with its own answer or error."""
+"""The store against a real Redis: the submit script's decisions (app/store/scripts.py) and the
+batching of concurrent calls (app/store/batching.py): one pipeline, each call still its own atomic
+script run with its own answer or error."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import layout
 import pytest
 from conftest import RedisServer
 
-from app.errors import StoreUnavailable, TokenUsed
-from app.store.store import Outcome, Store
+from app.errors import StoreUnavailable
+from app.store.keyspace import Keyspace, new_token_id
+from app.store.store import Store, SubmitReply
 
-FAR = 4_000_000_000
-
-
-def entry(token_id: str) -> dict[str, str]:
-    return {"id": token_id, "token_id": token_id, "score": "1"}
+FAR = int(time.time()) + 3600
 
 
-async def submit(store: Store, token_id: str, fp: str = "fp") -> Outcome:
-    return await store.submit(token_id, fp, FAR, {"score": 1}, entry(token_id))
+def attempt() -> str:
+    return os.urandom(8).hex()[:11]
 
 
-def run(redis_server: RedisServer, scenario: Any) -> Any:
+async def submit(
+    store: Store,
+    token_id: uuid.UUID,
+    run_id: uuid.UUID,
+    fp: bytes = b"f" * 16,
+    *,
+    use: str = "once",
+    tried: str | None = None,
+    deadline: int = FAR,
+    idempotency: str | None = None,
+    cap: int | None = None,
+) -> SubmitReply:
+    return await store.submit(
+        token_id,
+        run_id,
+        attempt=tried or attempt(),
+        fingerprint=fp,
+        use=use,
+        cap=cap,
+        deadline=deadline,
+        created_ms=int(time.time() * 1000),
+        idempotency=idempotency,
+        latest=b"",
+        entry=(("id", str(token_id)), ("token_id", str(token_id)), ("score", "1")),
+    )
+
+
+def token() -> tuple[uuid.UUID, uuid.UUID]:
+    run_id = uuid.uuid4()
+    return new_token_id(3, run_id), run_id
+
+
+def run(redis_server: RedisServer, scenario: Callable[[Store], Awaitable[Any]]) -> Any:
     async def go() -> Any:
-        store = Store.from_url(redis_server.url, "fbt", timeout=5)
+        store = Store(redis_server.url, Keyspace("fbt", 16), timeout=5)
+        await store.start()
         try:
             return await scenario(store)
         finally:
@@ -36,65 +71,123 @@ def run(redis_server: RedisServer, scenario: Any) -> Any:
 
 
 def test_concurrent_submissions_share_a_pipeline_and_each_gets_its_answer(redis_server: RedisServer) -> None:
-    ids = [str(uuid.uuid4()) for _ in range(40)]
+    tokens = [token() for _ in range(40)]
     sizes: list[int] = []
 
     async def scenario(store: Store) -> list[Any]:
-        send = store._submit_batched._send
-
-        async def counting_send(batch: list[Any]) -> list[Any]:
-            sizes.append(len(batch))
-            return await send(batch)
-
-        store._submit_batched._send = counting_send  # type: ignore[method-assign]
+        store._submit_batched.on_batch = sizes.append
         # Every token twice with the same fingerprint and once with another, all at once.
-        calls = [submit(store, t) for t in ids] + [submit(store, t) for t in ids]
-        calls += [submit(store, t, "other") for t in ids]
+        calls = [submit(store, *t) for t in tokens] + [submit(store, *t) for t in tokens]
+        calls += [submit(store, *t, b"o" * 16) for t in tokens]
         return await asyncio.gather(*calls, return_exceptions=True)
 
     results = run(redis_server, scenario)
-    assert max(sizes) > 1  # (a fresh Redis answers NOSCRIPT first: the batch is sent again)
+    assert max(sizes) > 1
     firsts, seconds, others = results[:40], results[40:80], results[80:]
-    assert all(isinstance(r, Outcome) and not r.duplicate for r in firsts)
-    assert all(isinstance(r, Outcome) and r.duplicate for r in seconds)
-    assert all(isinstance(r, TokenUsed) for r in others)
-    assert redis_server.client().xlen("{fbt}:feedback") == 40
+    assert [r.status for r in firsts] == ["ok"] * 40
+    assert [r.status for r in seconds] == ["dup"] * 40
+    assert [r.status for r in others] == ["used"] * 40
+    assert layout.feedback_count(redis_server.client()) == 40
 
 
 def test_a_failing_call_fails_alone(redis_server: RedisServer) -> None:
-    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    good, bad = token(), token()
     client = redis_server.client()
-    client.set(f"{{fbt}}:t:{bad}", "not a hash")  # the script's HMGET on it fails: WRONGTYPE
+    client.set(Keyspace().record_of(bad[0]) or "", "not a hash")  # the script's HGET on it: WRONGTYPE
 
     async def scenario(store: Store) -> list[Any]:
-        return await asyncio.gather(submit(store, good), submit(store, bad), return_exceptions=True)
+        return await asyncio.gather(submit(store, *good), submit(store, *bad), return_exceptions=True)
 
     ok, failed = run(redis_server, scenario)
-    assert isinstance(ok, Outcome) and not ok.duplicate
+    assert isinstance(ok, SubmitReply) and ok.status == "ok"
     assert isinstance(failed, StoreUnavailable) and failed.status == 503
-    assert client.xlen("{fbt}:feedback") == 1
+    assert layout.feedback_count(client) == 1
 
 
 def test_a_lost_script_cache_is_reloaded_and_nothing_is_lost(redis_server: RedisServer) -> None:
-    ids = [str(uuid.uuid4()) for _ in range(5)]
+    tokens = [token() for _ in range(5)]
 
     async def scenario(store: Store) -> list[Any]:
-        await submit(store, str(uuid.uuid4()))
+        await submit(store, *token())
         await store.redis.script_flush()  # as after a Redis restart
-        return await asyncio.gather(*(submit(store, t) for t in ids))
+        return await asyncio.gather(*(submit(store, *t) for t in tokens))
 
-    results = run(redis_server, scenario)
-    assert all(not r.duplicate for r in results)
-    assert redis_server.client().xlen("{fbt}:feedback") == 6
+    assert [r.status for r in run(redis_server, scenario)] == ["ok"] * 5
+    assert layout.feedback_count(redis_server.client()) == 6
 
 
 @pytest.mark.parametrize("n", [1, 600])
 def test_batches_above_the_cap_are_split(redis_server: RedisServer, n: int) -> None:
+    sizes: list[int] = []
+
     async def scenario(store: Store) -> list[Any]:
-        return await asyncio.gather(*(submit(store, str(uuid.uuid4())) for _ in range(n)))
+        store._submit_batched.on_batch = sizes.append
+        return await asyncio.gather(*(submit(store, *token()) for _ in range(n)))
 
     assert len(run(redis_server, scenario)) == n
-    assert redis_server.client().xlen("{fbt}:feedback") == n
+    assert max(sizes) <= 512 and sum(sizes) >= n
+    assert layout.feedback_count(redis_server.client()) == n
+
+
+@pytest.mark.parametrize("use", ["once", "update", "many"])
+def test_the_same_attempt_run_twice_counts_once_and_answers_as_first(redis_server: RedisServer, use: str) -> None:
+    """What a retry after a lost reply does: the script remembers the attempt."""
+    t = token()
+    same = attempt()
+
+    async def scenario(store: Store) -> list[SubmitReply]:
+        first = await submit(store, *t, use=use, tried=same)
+        if use != "once":  # others use the token in between
+            await submit(store, *t, b"x" * 16, use=use)
+        again = await submit(store, *t, use=use, tried=same)
+        return [first, again]
+
+    first, again = run(redis_server, scenario)
+    assert first.status == again.status == "ok"
+    assert (again.uses, again.created_ms) == (first.uses, first.created_ms) == (1, first.created_ms)
+    assert layout.feedback_count(redis_server.client()) == (1 if use == "once" else 2)
+
+
+def test_no_record_is_written_past_its_deadline(redis_server: RedisServer) -> None:
+    """A node whose clock lags Redis's by more than the promised skew gets 'expired', and nothing
+    is written (a record already past its deadline would be dropped at once, reopening the token)."""
+    t = token()
+
+    async def scenario(store: Store) -> SubmitReply:
+        return await submit(store, *t, deadline=int(time.time()) - 1)
+
+    assert run(redis_server, scenario).status == "expired"
+    assert layout.data_keys(redis_server.client()) == []
+
+
+def test_an_idempotency_key_names_one_submission(redis_server: RedisServer) -> None:
+    t = token()
+
+    async def scenario(store: Store) -> list[SubmitReply]:
+        first = await submit(store, *t, use="many", idempotency="k1")
+        same = await submit(store, *t, use="many", idempotency="k1")
+        other_body = await submit(store, *t, b"b" * 16, use="many", idempotency="k1")
+        other_key = await submit(store, *t, use="many", idempotency="k2")
+        no_key = await submit(store, *t, use="many")
+        return [first, same, other_body, other_key, no_key]
+
+    first, same, other_body, other_key, no_key = run(redis_server, scenario)
+    assert first.status == "ok" and same.status == "dup" and same.uses == first.uses == 1
+    assert other_body.status == "conflict"
+    assert (other_key.status, other_key.uses, no_key.status, no_key.uses) == ("ok", 2, "ok", 3)
+    assert layout.feedback_count(redis_server.client()) == 3
+
+
+def test_a_cap_on_uses_is_kept(redis_server: RedisServer) -> None:
+    t = token()
+
+    async def scenario(store: Store) -> list[str]:
+        replies = await asyncio.gather(*(submit(store, *t, os.urandom(16), use="many", cap=3) for _ in range(10)))
+        return [r.status for r in replies]
+
+    statuses = run(redis_server, scenario)
+    assert statuses.count("ok") == 3 and statuses.count("used") == 7
+    assert layout.feedback_count(redis_server.client()) == 3
 
 
 @pytest.mark.parametrize(

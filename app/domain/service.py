@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from app.clock import Clock, isoformat
 from app.config import Settings
-from app.domain import issuance, policy, tokens
+from app.domain import issuance, policy, records, tokens
 from app.domain.feedback import Submission
 from app.domain.tokens import TokenClaims
 from app.errors import (
     InvalidRequest,
+    KeysStale,
     SigningDisabled,
     TokenExpired,
     TokenInvalid,
@@ -21,9 +26,20 @@ from app.errors import (
     TokenUsed,
 )
 from app.keys.source import KeySource
-from app.store.store import Outcome, Store, TokenState, encode_field
+from app.store.keyspace import new_token_id
+from app.store.store import RunFull, Store, StoredToken, UseState
 
 TOKEN_PATH = "/api/v1/feedback/tokens/"
+IDEMPOTENCY_KEY_CAP = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A recorded submission: the answer, and whether an identical one was recorded before."""
+
+    answer: dict[str, Any]
+    duplicate: bool
+    uses: int = 1
 
 
 def as_uuid(text: str) -> uuid.UUID | None:
@@ -36,6 +52,39 @@ def as_uuid(text: str) -> uuid.UUID | None:
         return None
 
 
+def encode_field(value: Any) -> str:
+    """Stream fields: plain strings as they are, everything else JSON, absent as ''."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def idempotency_hash(key: str) -> str:
+    """What the store keeps of an Idempotency-Key: 16 characters of its SHA-256."""
+    return base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()[:12]).decode("ascii")
+
+
+def parse_idempotency_key(raw: str | None) -> str | None:
+    """The header's key: 1-255 visible ASCII characters, optionally quoted (the IETF draft sends
+    it as a structured-field string)."""
+    if raw is None:
+        return None
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_CAP or not all(" " <= c <= "~" for c in key):
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CAP} visible ASCII characters")
+    return key
+
+
+def many_feedback_id(token_id: uuid.UUID, attempt: str) -> uuid.UUID:
+    """Under 'many' each submission is a feedback of its own; its id follows from the attempt
+    that recorded it, so a retry of that attempt is answered with the same id."""
+    return uuid.uuid5(token_id, attempt)
+
+
 class FeedbackService:
     def __init__(self, settings: Settings, store: Store, keys: KeySource, clock: Clock) -> None:
         self.settings = settings
@@ -44,13 +93,15 @@ class FeedbackService:
         self.clock = clock
         self.redirect_origins = policy.allowed_origins(settings.redirect_origins)
 
-    def url(self, jwt: str) -> str:
-        return f"{self.settings.public_url}{TOKEN_PATH}{jwt}"
+    def url(self, jwt: str, token_id: uuid.UUID) -> str:
+        """The token's URL: the JWT, so that it verifies with no lookup, then the token id as the
+        last segment, which is what the LangSmith SDK takes from a URL (it submits by id)."""
+        return f"{self.settings.public_url}{TOKEN_PATH}{jwt}/{token_id}"
 
     def describe(self, claims: TokenClaims, jwt: str) -> dict[str, Any]:
         return {
             "id": str(claims.token_id),
-            "url": self.url(jwt),
+            "url": self.url(jwt, claims.token_id),
             "expires_at": isoformat(claims.expires_at),
             "run_id": str(claims.run_id),
             "feedback_key": claims.feedback_key,
@@ -73,13 +124,20 @@ class FeedbackService:
         return fields
 
     def status(self, claims: TokenClaims, revoked: bool, uses: int) -> str:
+        """As a submission would find it now: ``expired`` only once verification refuses it too
+        (past ``exp`` plus the leeway)."""
         if revoked:
             return "revoked"
         if policy.exhausted(claims.use, claims.max_uses, uses):
             return "used"
-        if self.clock.now() >= claims.expires_at:
+        if self.clock.now() >= claims.expires_at + self.settings.leeway:
             return "expired"
         return "active"
+
+    @property
+    def grace(self) -> int:
+        """Seconds past ``exp`` during which some node may still accept a token."""
+        return self.settings.leeway + self.settings.max_clock_skew
 
     # -- issuance ---------------------------------------------------------------------------
 
@@ -92,16 +150,17 @@ class FeedbackService:
         s = self.settings
         now = self.clock.now()
         requests, batch = issuance.parse(body, now, s.default_ttl, s.max_ttl, self.redirect_origins)
-        answers, records = [], []
+        shard = self.store.next_shard()
         created_us = int(now * 1_000_000)
+        answers, stored, runs = [], [], {}
         for i, req in enumerate(requests):
-            token_id = uuid.uuid4()
+            token_id = new_token_id(shard, req.run_id)
             claims = TokenClaims(
                 token_id=token_id,
                 run_id=req.run_id,
                 feedback_key=req.feedback_key,
                 feedback_id=req.feedback_id or token_id,
-                issued_at=int(now),
+                issued_at=(created_us + i) // 1_000_000,
                 expires_at=req.expires_at,
                 config=req.config,
                 use=req.use,
@@ -118,28 +177,46 @@ class FeedbackService:
                     + (", or a shorter redirect_url)" if req.redirect_url else ")")
                 )
             answers.append(self.describe(claims, jwt))
-            records.append(
-                (str(token_id), str(req.run_id), jwt, req.expires_at + s.leeway, created_us + i)
-            )
-        prune_before_us = int((now - s.max_ttl - s.leeway) * 1_000_000)
-        await self.store.issue(records, prune_before_us)
+            record = records.encode(claims, signer.alg, signer.kid, created_us + i)
+            stored.append((token_id, record, tokens.b64decode(jwt.rsplit(".", 1)[1])))
+            runs[token_id] = req.run_id
+        try:
+            await self.store.issue(shard, stored)
+        except RunFull as full:
+            raise InvalidRequest(
+                f"too many live tokens for one run: this run holds {full.live} in the shard this request "
+                f"went to, and a run may hold at most {self.store.run_cap} per shard (FEEDBACK_MAX_RUN_TOKENS); "
+                "let some expire or use another run"
+            ) from None
         return answers if batch else answers[0]
 
     # -- listing and revocation -------------------------------------------------------------
 
+    def _rebuild(self, row: StoredToken) -> tuple[TokenClaims, str, str]:
+        """A stored token's claims, JWT and kid (rebuilt from its record; or, issued before
+        sharding, parsed from the stored JWT, which is ours)."""
+        if row.jwt is not None:
+            parsed = tokens.parse(row.jwt)
+            payload = json.loads(tokens.b64decode(parsed.payload_segment))
+            return TokenClaims.from_payload(payload), row.jwt, parsed.kid
+        try:
+            record = records.decode(row.record, row.token_id)
+        except records.RecordError as err:
+            raise TokenInvalid(f"token record is unreadable: {err}") from err
+        return record.claims, record.jwt(self.settings.issuer, row.signature), record.kid
+
     async def list_run(self, run_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
-        stored = await self.store.list_run(run_id)
+        _, rows = await self.store.list_run(run_id, offset + limit)
         keyring = self.keys.keyring
         out = []
-        for row in stored[offset : offset + limit]:
-            parsed = tokens.parse(row.jwt)
-            claims = TokenClaims.from_payload(json.loads(tokens.b64decode(parsed.payload_segment)))
+        for created_us, row in rows[offset : offset + limit]:
+            claims, jwt, kid = self._rebuild(row)
             # A retired key revokes every token it signed.
-            revoked = row.revoked or keyring.verifier(parsed.kid) is None
-            item = self.describe(claims, row.jwt)
-            item["created_at"] = isoformat(row.created_us / 1_000_000)
-            item["status"] = self.status(claims, revoked, row.uses)
-            item["uses"] = row.uses
+            revoked = row.state.revoked or keyring.verifier(kid) is None
+            item = self.describe(claims, jwt)
+            item["created_at"] = isoformat(created_us / 1_000_000)
+            item["status"] = self.status(claims, revoked, row.state.uses)
+            item["uses"] = row.state.uses
             out.append(item)
         return out
 
@@ -152,41 +229,57 @@ class FeedbackService:
 
     async def verify(self, jwt: str, expired_ok: bool = False) -> TokenClaims:
         parsed = tokens.parse(jwt)
+        stale = self.keys.stale()
+        if stale is not None:
+            raise KeysStale(f"{stale}; this node accepts no token until it has current keys",
+                            retry_after=self.settings.retry_after)
         keyring = self.keys.keyring
         if keyring.verifier(parsed.kid) is None and await self.keys.on_unknown_kid(parsed.kid):
             keyring = self.keys.keyring
         payload = tokens.check_signature(parsed, keyring)
+        s = self.settings
         try:
-            return tokens.check_claims(payload, self.settings.issuer, self.clock.now(), self.settings.leeway)
+            return tokens.check_claims(payload, s.issuer, self.clock.now(), s.leeway, s.max_clock_skew)
         except TokenExpired:
             if not expired_ok:
                 raise
             # Signature, issuer and claims all checked out before the expiry did: only time ran out.
             return TokenClaims.from_payload(payload)
 
-    async def resolve(self, token: str, expired_ok: bool = False) -> tuple[TokenClaims, str]:
-        """The path segment is a JWT, or a token id (the LangSmith SDK's way) to look up."""
+    async def resolve(self, token: str, token_id: str | None = None, expired_ok: bool = False) -> TokenClaims:
+        """The token named by a URL: ``<jwt>/<token id>`` (verified with no lookup; the id must be
+        the token's own), ``<jwt>`` alone (URLs issued before ids were appended), or ``<token id>``
+        alone (the LangSmith SDK's way), which is looked up."""
+        if token_id is not None:
+            tid = as_uuid(token_id)
+            if tid is None:
+                raise TokenInvalid("the last segment of a token URL must be the token id")
+            claims = await self.verify(token, expired_ok)
+            if claims.token_id != tid:
+                raise TokenInvalid("the token id in the URL is not this token's")
+            return claims
         tid = as_uuid(token)
         if tid is None:
-            return await self.verify(token, expired_ok), token
-        jwt = await self.store.lookup(tid)
-        if jwt is None:
+            return await self.verify(token, expired_ok)
+        stored = await self.store.lookup(tid)
+        if stored is None:
             raise TokenNotFound("no live token has this id")
+        _, jwt, _ = self._rebuild(stored)
         claims = await self.verify(jwt, expired_ok)
         if claims.token_id != tid:  # the record must name the token stored under it
             raise TokenInvalid("token record does not match its id")
-        return claims, jwt
+        return claims
 
     # -- read-only looks -------------------------------------------------------------------------
 
-    async def info(self, token: str) -> dict[str, Any]:
+    async def info(self, token: str, token_id: str | None = None) -> dict[str, Any]:
         """What a page needs to render the right control; consumes nothing. An expired token
         still answers (status ``expired``) as long as it verifies otherwise."""
-        claims, _ = await self.resolve(token, expired_ok=True)
-        state = await self.store.state(claims.token_id)
+        claims = await self.resolve(token, token_id, expired_ok=True)
+        state = await self.store.state(claims.token_id, claims.run_id)
         latest = None
-        if claims.use == "update" and state.answer is not None:
-            latest = {**state.answer, "revision": state.uses}
+        if claims.use == "update" and state.latest:
+            latest = {**json.loads(state.latest), "revision": state.uses}
         return {
             "id": str(claims.token_id),
             "run_id": str(claims.run_id),
@@ -201,20 +294,34 @@ class FeedbackService:
             "latest": latest,
         }
 
+    def _answer(
+        self, claims: TokenClaims, submission: Submission, feedback_id: uuid.UUID, created_ms: int, uses: int
+    ) -> dict[str, Any]:
+        answer = {
+            "id": str(feedback_id),
+            "run_id": str(claims.run_id),
+            "feedback_key": claims.feedback_key,
+            **submission.to_json(),
+            "created_at": isoformat(created_ms / 1000),
+        }
+        if claims.use == "update":
+            answer["revision"] = uses
+        return answer
+
     async def preview(self, claims: TokenClaims, submission: Submission | None) -> Outcome | None:
         """Before a confirmation page: would this submission be taken? Raises what ``record``
         would raise now; returns the stored outcome when it would be a duplicate, else None.
         The answer may still change before the person confirms: ``record`` decides."""
-        state: TokenState = await self.store.state(claims.token_id)
+        state: UseState = await self.store.state(claims.token_id, claims.run_id)
         if state.revoked:
             raise TokenRevoked("this token was revoked")
         if (
             submission is not None
             and claims.use != "many"
-            and state.answer is not None
-            and state.fingerprint == submission.fingerprint()
+            and state.uses
+            and state.fingerprint == bytes.fromhex(submission.fingerprint())
         ):
-            answer = state.answer if claims.use == "once" else {**state.answer, "revision": state.uses}
+            answer = self._answer(claims, submission, claims.feedback_id, state.created_ms, state.uses)
             return Outcome(answer, duplicate=True, uses=state.uses)
         if policy.exhausted(claims.use, claims.max_uses, state.uses):
             raise TokenUsed("this token was already used")
@@ -222,41 +329,59 @@ class FeedbackService:
 
     # -- recording -------------------------------------------------------------------------------
 
-    async def submit(self, token: str, submission: Submission) -> Outcome:
-        claims, _ = await self.resolve(token)
-        return await self.record(claims, submission)
+    async def submit(
+        self, token: str, token_id: str | None, submission: Submission, idempotency_key: str | None = None
+    ) -> Outcome:
+        claims = await self.resolve(token, token_id)
+        return await self.record(claims, submission, idempotency_key)
 
-    async def record(self, claims: TokenClaims, submission: Submission) -> Outcome:
+    async def record(
+        self, claims: TokenClaims, submission: Submission, idempotency_key: str | None = None
+    ) -> Outcome:
+        """Record one submission. Every request is one attempt with an id of its own, so a
+        retry of the store call is never counted twice; an Idempotency-Key names the logical
+        submission across requests (the only way a resend is recognised under 'many')."""
         submission.check(claims.config)
-        created_at = isoformat(self.clock.now())
-        # Under 'many' every submission is a feedback of its own.
-        feedback_id = str(uuid.uuid4() if claims.use == "many" else claims.feedback_id)
-        token_id, run_id = str(claims.token_id), str(claims.run_id)
-        answer = {
-            "id": feedback_id,
-            "run_id": run_id,
-            "feedback_key": claims.feedback_key,
-            **submission.to_json(),
-            "created_at": created_at,
-        }
-        entry = {
-            "id": feedback_id,
-            "token_id": token_id,
-            "run_id": run_id,
-            "feedback_key": claims.feedback_key,
-            "score": encode_field(submission.score),
-            "value": encode_field(submission.value),
-            "comment": encode_field(submission.comment),
-            "correction": encode_field(submission.correction),
-            "metadata": encode_field(submission.metadata),
-            "created_at": created_at,
-        }
-        return await self.store.submit(
-            token_id,
-            submission.fingerprint(),
-            claims.expires_at + self.settings.leeway,
-            answer,
-            entry,
+        created_ms = int(self.clock.now() * 1000)
+        attempt = base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
+        feedback_id = many_feedback_id(claims.token_id, attempt) if claims.use == "many" else claims.feedback_id
+        values = submission.to_json()
+        entry = (
+            ("id", str(feedback_id)),
+            ("token_id", str(claims.token_id)),
+            ("run_id", str(claims.run_id)),
+            ("feedback_key", claims.feedback_key),
+            ("score", encode_field(submission.score)),
+            ("value", encode_field(submission.value)),
+            ("comment", encode_field(submission.comment)),
+            ("correction", encode_field(submission.correction)),
+            ("metadata", encode_field(submission.metadata)),
+            ("created_at", isoformat(created_ms / 1000)),
+        )
+        reply = await self.store.submit(
+            claims.token_id,
+            claims.run_id,
+            attempt=attempt,
+            fingerprint=bytes.fromhex(submission.fingerprint()),
             use=claims.use,
             cap=claims.max_uses,
+            deadline=claims.expires_at + self.grace,
+            created_ms=created_ms,
+            idempotency=idempotency_hash(idempotency_key) if idempotency_key is not None else None,
+            latest=json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()
+            if claims.use == "update"
+            else b"",
+            entry=entry,
         )
+        if reply.status in ("ok", "dup"):
+            if reply.status == "dup" and claims.use == "many" and reply.attempt is not None:
+                feedback_id = many_feedback_id(claims.token_id, reply.attempt)
+            answer = self._answer(claims, submission, feedback_id, reply.created_ms, reply.uses)
+            return Outcome(answer, duplicate=reply.status == "dup", uses=reply.uses)
+        if reply.status == "revoked":
+            raise TokenRevoked("this token was revoked")
+        if reply.status == "expired":
+            raise TokenExpired(tokens.expired_detail(claims.expires_at))
+        if reply.status == "conflict":
+            raise InvalidRequest("this Idempotency-Key was already used for a different submission on this token")
+        raise TokenUsed("this token was already used for a different submission")

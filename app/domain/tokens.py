@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from app.clock import isoformat
 from app.domain.feedback import FeedbackConfig
 from app.domain.policy import Use
 from app.errors import TokenExpired, TokenInvalid
@@ -59,8 +60,16 @@ _USE_CLAIMS: dict[Use, str] = {"update": "u", "many": "m"}
 _USE_FROM_CLAIM: dict[object, Use] = {"u": "update", "m": "many"}
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps_compact(obj: Any) -> bytes:
+    """The one serialisation of token headers and payloads: the stored records rebuild tokens
+    with it byte for byte (app/domain/records.py), so it must never change for a given input."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def use_from_claim(raw: object) -> Use:
+    if raw is None:
+        return "once"
+    return _USE_FROM_CLAIM[raw]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +119,7 @@ class TokenClaims:
         if not isinstance(key, str) or type(iat) is not int or type(exp) is not int:
             raise ValueError("malformed claims")
         cfg = payload.get("cfg")
-        use = _USE_FROM_CLAIM[payload["use"]] if "use" in payload else "once"
+        use = use_from_claim(payload.get("use"))
         cap, confirm, redirect = payload.get("cap"), payload.get("cf", 0), payload.get("rd")
         if cap is not None and (type(cap) is not int or cap < 1 or use != "many"):
             raise ValueError("malformed cap claim")
@@ -135,7 +144,7 @@ class TokenClaims:
 
 def sign(claims: TokenClaims, key: Key, issuer: str) -> str:
     header = {"alg": key.alg, "kid": key.kid, "typ": TOKEN_TYPE}
-    signing_input = f"{b64encode(_dumps(header))}.{b64encode(_dumps(claims.to_payload(issuer)))}"
+    signing_input = f"{b64encode(dumps_compact(header))}.{b64encode(dumps_compact(claims.to_payload(issuer)))}"
     signature = key.sign(signing_input.encode("ascii"))
     return f"{signing_input}.{b64encode(signature)}"
 
@@ -217,18 +226,24 @@ def check_signature(parsed: ParsedToken, keyring: Keyring) -> dict[str, Any]:
     return payload
 
 
-def check_claims(payload: dict[str, Any], issuer: str, now: float, leeway: int) -> TokenClaims:
-    """Step 3: registered claims first, then ours."""
+def expired_detail(expires_at: int) -> str:
+    return f"this token expired at {isoformat(expires_at)}"
+
+
+def check_claims(payload: dict[str, Any], issuer: str, now: float, leeway: int, skew: int = 0) -> TokenClaims:
+    """Step 3: registered claims first, then ours. ``skew``: the clock difference between nodes
+    the fleet tolerates, so a token issued by a node whose clock runs ahead is not refused as
+    issued in the future."""
     if payload.get("iss") != issuer:
         raise TokenInvalid("token from another issuer")
     try:
         claims = TokenClaims.from_payload(payload)
     except (KeyError, ValueError, TypeError) as err:
         raise TokenInvalid("malformed token claims") from err
-    if claims.issued_at > now + leeway:
+    if claims.issued_at > now + leeway + skew:
         raise TokenInvalid("token issued in the future")
     if now >= claims.expires_at + leeway:
-        raise TokenExpired(f"this token expired at {claims.expires_at}")
+        raise TokenExpired(expired_detail(claims.expires_at))
     return claims
 
 

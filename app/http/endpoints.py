@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import uuid
 from typing import Any
@@ -12,18 +13,18 @@ from starlette.responses import JSONResponse, Response
 
 from app import encoding
 from app.domain import feedback, policy
-from app.domain.service import FeedbackService
+from app.domain.service import FeedbackService, Outcome, parse_idempotency_key
 from app.domain.tokens import TokenClaims
 from app.errors import (
     BodyTooLarge,
     FeedbackTokenError,
     InvalidBody,
     InvalidRequest,
+    MethodNotAllowed,
     Unauthorized,
     UnsupportedMediaType,
 )
 from app.http import pages
-from app.store.store import Outcome
 
 ISSUE_BODY_CAP = 256 * 1024
 _JSON_TYPES = ("application/json", "text/plain", "")
@@ -125,16 +126,23 @@ def _media(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+def _token(request: Request) -> tuple[str, str | None]:
+    """The token segments of the path: ``<jwt>/<token id>``, or one segment (a JWT or an id)."""
+    params = request.path_params
+    return params["token"], params.get("token_id")
+
+
 async def submit_post(request: Request) -> Response:
-    token = request.path_params["token"]
+    token, token_id = _token(request)
     if _media(request) == _FORM:
-        return await submit_form(request, token)
+        return await submit_form(request, token, token_id)
+    idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
     submission = feedback.parse_json(await read_body(request, feedback.BODY_CAP))
-    outcome = await service(request).submit(token, submission)
+    outcome = await service(request).submit(token, token_id, submission, idempotency_key)
     return _answer_response(outcome)
 
 
-async def submit_form(request: Request, token: str) -> Response:
+async def submit_form(request: Request, token: str, token_id: str | None) -> Response:
     """The POST of a confirmation page or picker (a plain HTML form): fields as in a GET link."""
     html = pages.wants_html(request)
     lang = pages.language(request)
@@ -147,7 +155,7 @@ async def submit_form(request: Request, token: str) -> Response:
             raise InvalidBody("the form is not valid UTF-8 form data") from err
         lang = pages.language(request, dict(pairs).get("lang"))
         submission = feedback.parse_query(pairs)
-        claims, _ = await svc.resolve(token)
+        claims = await svc.resolve(token, token_id)
         outcome = await svc.record(claims, submission)
     except FeedbackTokenError as err:
         if not html:
@@ -160,7 +168,7 @@ async def submit_get(request: Request) -> Response:
     """A link click. HEAD and prefetches never consume: HEAD only says whether the token would
     verify. A token issued with ``confirm`` shows a confirmation page and records nothing; so does
     a browser's visit to a link without an answer (a picker). Only the POST from either records."""
-    token = request.path_params["token"]
+    token, token_id = _token(request)
     svc = service(request)
     if policy.is_prefetch(request.headers):
         return Response(
@@ -171,20 +179,20 @@ async def submit_get(request: Request) -> Response:
     lang = pages.language(request)
     try:
         if request.method == "HEAD":
-            await svc.resolve(token)
+            await svc.resolve(token, token_id)
             return Response(status_code=200, media_type="text/html" if html else "application/json")
         if len(str(request.url.query)) > feedback.BODY_CAP:
             raise BodyTooLarge(f"the query may be at most {feedback.BODY_CAP} bytes")
         params = request.query_params.multi_items()
         redirect_origin = None
         if html and not pages.has_answer(params):
-            claims, _ = await svc.resolve(token)
+            claims = await svc.resolve(token, token_id)
             await svc.preview(claims, None)
             if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
                 redirect_origin = policy.origin(claims.redirect_url or "")
             return pages.choose_page(claims, request.url.path, lang, redirect_origin)
         submission = feedback.parse_query(params)
-        claims, _ = await svc.resolve(token)
+        claims = await svc.resolve(token, token_id)
         if claims.confirm:
             submission.check(claims.config)
             outcome = await svc.preview(claims, submission)
@@ -233,7 +241,7 @@ def _recorded(svc: FeedbackService, claims: TokenClaims, outcome: Outcome, html:
 
 async def token_info(request: Request) -> Response:
     """Read-only: what a page needs to render the right control. Consumes nothing."""
-    return JSONResponse(await service(request).info(request.path_params["token"]))
+    return JSONResponse(await service(request).info(*_token(request)))
 
 
 async def token_path(request: Request) -> Response:
@@ -241,6 +249,8 @@ async def token_path(request: Request) -> Response:
     if method == "POST":
         return await submit_post(request)
     if method == "DELETE":
+        if "token_id" in request.path_params:
+            raise MethodNotAllowed("revoke a token by its id: DELETE /api/v1/feedback/tokens/<token id>")
         return await revoke_token(request)
     return await submit_get(request)
 
@@ -255,12 +265,14 @@ async def tokens_root(request: Request) -> Response:
 
 
 async def jwks(request: Request) -> Response:
-    return JSONResponse(
-        service(request).keys.keyring.jwks(),
-        # Cacheable, but every use revalidates: a retired key must leave edge nodes within
-        # the 5 s of SPEC section 6, which a max-age would stretch.
-        headers={"Cache-Control": "public, no-cache"},
-    )
+    body = encoding.dumps(service(request).keys.keyring.jwks())
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    # Cacheable, but every use revalidates: a retired key must leave edge nodes within seconds,
+    # which a max-age would stretch. Verify-only nodes revalidate with If-None-Match: 304.
+    headers = {"Cache-Control": "public, no-cache", "ETag": etag}
+    if etag in (part.strip() for part in request.headers.get("if-none-match", "").split(",")):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 async def healthz(request: Request) -> Response:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.http.shutdown import Drain
+
 BASE_HEADERS = {
     "cache-control": "no-store",
     "x-content-type-options": "nosniff",
@@ -21,8 +23,11 @@ HTML_HEADERS = {
 
 
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
+    """Also says ``Connection: close`` on every answer while the node drains (app/http/shutdown.py)."""
+
+    def __init__(self, app: ASGIApp, drain: Drain | None = None) -> None:
         self.app = app
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,6 +43,8 @@ class SecurityHeaders:
                 if headers.get("content-type", "").startswith("text/html"):
                     for name, value in HTML_HEADERS.items():
                         headers.setdefault(name, value)
+                if self.drain is not None and self.drain.draining:
+                    headers["connection"] = "close"
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

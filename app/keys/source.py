@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,12 @@ class KeySource:
 
     keyring: Keyring = Keyring()
     error: str | None = None
+    # Wall-clock time of the last successful load (or confirmation that nothing changed).
+    loaded_at: float | None = None
+
+    def stale(self) -> str | None:
+        """Why the keys held are too old to trust (verification then fails closed), or None."""
+        return None
 
     async def start(self) -> None:
         """Load once and begin watching for changes. Never raises for a missing or bad keyring:
@@ -70,6 +77,7 @@ class DirectorySource(KeySource):
         never swapped in: the node keeps verifying with the last good one."""
         fingerprint = self.directory.fingerprint()
         if self._loaded and fingerprint == self._fingerprint:
+            self.loaded_at = time.time()
             if self.error is not None:  # put back as it was: what we hold is what's on disk
                 log.info("keyring in %s is back to the loaded one", self.directory.path)
                 self.error = None
@@ -87,6 +95,7 @@ class DirectorySource(KeySource):
         # Only remember the fingerprint of what loaded: a failed or half-synced state is tried
         # again on the next tick, and its error logged again only if it changes.
         self._fingerprint, self._loaded, self.keyring, self.error = fingerprint, True, keyring, None
+        self.loaded_at = time.time()
         log.info("keyring loaded from %s: %s", self.directory.path, keyring.describe())
         return True
 
@@ -120,12 +129,16 @@ class DirectorySource(KeySource):
 class JwksSource(KeySource):
     """Verify-only: the public keys an issuer publishes at ``url``.
 
-    Fetched at start, then every ``refresh`` seconds, and again when a token names a kid we
-    don't hold, but never more often than once per ``refetch_floor`` seconds for that reason,
-    so tokens with forged kids can't make a fleet hammer its issuer. Every key of the set
-    verifies (the issuer publishes pending and active keys, never retired ones, so a key that
-    leaves the set stops verifying at the next refresh). An unreachable issuer, an error answer
-    or something that is not a JWK Set leaves the last good set in place.
+    Fetched at start, then about every ``refresh`` seconds (with jitter, so a fleet started
+    together does not fetch together), conditionally (``If-None-Match``: an unchanged set costs
+    the issuer a 304), and again when a token names a kid we don't hold, but never more often
+    than once per ``refetch_floor`` seconds for that reason, so tokens with forged kids can't
+    make a fleet hammer its issuer. Every key of the set verifies (the issuer publishes pending
+    and active keys, never retired ones, so a key that leaves the set stops verifying at the next
+    refresh). An unreachable issuer, an error answer or something that is not a JWK Set leaves
+    the last good set in place, but only for ``max_age`` seconds: a node cut off from its issuer
+    for longer can't know whether a key was retired (after a leak, say), so it fails closed
+    (``stale``: not ready, submissions 503 ``keys_stale``) until the issuer answers again.
     """
 
     def __init__(
@@ -135,12 +148,18 @@ class JwksSource(KeySource):
         refetch_floor: float = 10.0,
         timeout: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        max_age: float = 600.0,
+        jitter: float = 0.2,
     ) -> None:
         self.url = url
         self.refresh_interval = refresh
         self.refetch_floor = refetch_floor
         self.timeout = timeout
         self.monotonic = monotonic
+        self.max_age = max_age
+        self.jitter = jitter
+        self._confirmed: float | None = None  # monotonic time the set was last known current
+        self._etag: str | None = None
         self._raw: bytes | None = None
         self._last_refetch = float("-inf")
         self._client: httpx.AsyncClient | None = None
@@ -158,9 +177,21 @@ class JwksSource(KeySource):
         await self.refresh()
         self._task = asyncio.create_task(self._watch(), name="jwks-watch")
 
+    def stale(self) -> str | None:
+        if self._confirmed is None:
+            return None  # nothing loaded yet: "no key that verifies" says it better
+        age = self.monotonic() - self._confirmed
+        if age <= self.max_age:
+            return None
+        return (
+            f"keys from {self.url} are {age:.0f} s old (FEEDBACK_JWKS_MAX_AGE is {self.max_age:.0f} s): "
+            f"the issuer has not answered since ({self.error or 'no error recorded'})"
+        )
+
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_interval)
+            spread = self.refresh_interval * self.jitter
+            await asyncio.sleep(self.refresh_interval + random.uniform(-spread, spread))
             try:
                 await self.refresh()
             except Exception:  # never let the watcher die
@@ -201,10 +232,11 @@ class JwksSource(KeySource):
             raise RuntimeError("JwksSource.start() was not awaited")
         try:
             try:
-                raw = await self._get(self._client)
+                raw, etag = await self._get(self._client)
             except httpx.HTTPError as err:
                 raise KeyringError(f"could not fetch it: {type(err).__name__}: {err}") from err
-            if raw == self._raw:
+            if raw is None or raw == self._raw:  # 304 Not Modified, or the same set again
+                self._etag = etag or self._etag
                 self._ok()
                 return False
             keyring, skipped = keyring_from_jwks(raw)
@@ -216,7 +248,7 @@ class JwksSource(KeySource):
             return False
         for reason in skipped:
             log.warning("JWKS from %s: key skipped: %s", self.url, reason)
-        self._raw, self.keyring = raw, keyring
+        self._raw, self.keyring, self._etag = raw, keyring, etag
         self._ok()
         log.info("keys loaded from %s: %s", self.url, keyring.describe())
         return True
@@ -225,15 +257,22 @@ class JwksSource(KeySource):
         if self.error is not None:
             log.info("JWKS from %s loads again", self.url)
         self.error = None
+        self._confirmed = self.monotonic()
+        self.loaded_at = time.time()
 
-    async def _get(self, client: httpx.AsyncClient) -> bytes:
-        async with client.stream("GET", self.url) as response:
+    async def _get(self, client: httpx.AsyncClient) -> tuple[bytes | None, str | None]:
+        """The set's bytes (None when the issuer says our copy is current: 304) and its ETag."""
+        headers = {"If-None-Match": self._etag} if self._etag and self._raw is not None else {}
+        async with client.stream("GET", self.url, headers=headers) as response:
+            if response.status_code == 304 and headers:
+                return None, None
             if response.status_code != 200:
                 raise KeyringError(f"the issuer answered {response.status_code}")
+            etag = response.headers.get("etag")
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_JWKS_BYTES:
                     raise KeyringError(f"answer larger than {MAX_JWKS_BYTES} bytes")
                 chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), etag

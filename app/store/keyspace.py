@@ -25,12 +25,15 @@ token is found from its id alone: the LangSmith SDK submits by id, with no JWT.
     byte  8     variant 0b10 | layout 0b00 | 4 random bits
     bytes 9-15  random (56 bits)
 
-Ids of any other layout (version 4: tokens issued before sharding) live in the legacy shard,
-whose tag is plain ``{P}``.
+Ids of any other layout (version 4: tokens issued before sharding) belong to the legacy shard,
+whose tag is plain ``{P}``: their use state goes to a run record there (found from the run id in
+their JWT), their feedback to the stream ``{P}:feedback``, and what the earlier layout recorded of
+them (``{P}:t:<id>``, ``{P}:r:<run id>``) is still read until it expires.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import uuid
@@ -78,13 +81,23 @@ def run_hash(run_id: uuid.UUID) -> bytes:
     return hashlib.blake2b(run_id.bytes, digest_size=6).digest()
 
 
+def _compose(hashed_run: bytes, shard: int, tail: bytes) -> uuid.UUID:
+    head = hashed_run + bytes(((_LAYOUT_VERSION << 4) | (shard >> 8), shard & 0xFF))
+    return uuid.UUID(bytes=head + bytes((0x80 | (tail[0] & 0x0F),)) + tail[1:])
+
+
 def new_token_id(shard: int, run_id: uuid.UUID) -> uuid.UUID:
-    raw = bytearray(os.urandom(16))
-    raw[0:6] = run_hash(run_id)
-    raw[6] = (_LAYOUT_VERSION << 4) | (shard >> 8)
-    raw[7] = shard & 0xFF
-    raw[8] = 0x80 | (raw[8] & 0x0F)
-    return uuid.UUID(bytes=bytes(raw))
+    return _compose(run_hash(run_id), shard, os.urandom(8))
+
+
+def local_id(token_id: uuid.UUID) -> str:
+    """A token's name within its run record: its last 8 bytes (60 of them random), base64url."""
+    return _b64(token_id.bytes[8:])
+
+
+def token_id_from(run_id: uuid.UUID, shard: int, local: str) -> uuid.UUID:
+    """The inverse of ``local_id`` for a token of ``run_id`` found in ``shard``."""
+    return _compose(run_hash(run_id), shard, base64.urlsafe_b64decode(local + "="))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +116,6 @@ def locate(token_id: uuid.UUID) -> Location:
 
 
 def _b64(raw: bytes) -> str:
-    import base64
-
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
@@ -139,8 +150,16 @@ class Keyspace:
     def legacy_stream(self) -> str:
         return self.stream(None)
 
-    def run_record(self, shard: int, run_hash: bytes) -> str:
+    def run_record(self, shard: int | None, run_hash: bytes) -> str:
         return f"{{{self.tag(shard)}}}:r:{_b64(run_hash)}"
+
+    def legacy_record(self, token_id: uuid.UUID) -> str:
+        """A token's record in the layout before sharding (read only, until it expires)."""
+        return f"{{{self.prefix}}}:t:{token_id}"
+
+    def legacy_run_index(self, run_id: uuid.UUID) -> str:
+        """A run's index in the layout before sharding (read only, until it expires)."""
+        return f"{{{self.prefix}}}:r:{run_id}"
 
     def record_of(self, token_id: uuid.UUID) -> str | None:
         """The key holding a token's record, or None for a legacy id."""

@@ -1,369 +1,456 @@
-"""The Redis store: token records, per-run indexes, and the feedback stream.
+"""The Redis store: run records (tokens, their use state), and the per-shard feedback streams.
 
-Keys (``P`` is ``FEEDBACK_REDIS_PREFIX``; ``{P}`` is a Redis Cluster hash tag, so every key one
-script touches hashes to the same slot)::
-
-    {P}:feedback        stream, one entry per accepted submission (never trimmed here)
-    {P}:t:<token id>    hash: jwt (for lookups by id), n (uses) once used, fp + ans (the latest
-                        submission, under 'once' and 'update'), rev once revoked;
-                        expires with its token (plus clock leeway)
-    {P}:r:<run id>      sorted set of the run's token ids scored by creation time (µs; a batch's
-                        tokens one µs apart, so listing keeps the request order); entries
-                        older than the longest token lifetime are pruned on every write, and the
-                        whole set expires with its last token
-
-A submission is one script call: the consumed marker and the stream entry are written together or
-not at all.
+Key layout and token ids: app/store/keyspace.py. What the scripts keep and why: app/store/scripts.py.
+A submission is one script call: the use state and the stream entry are written together or not at
+all, in the token's shard. The store takes and returns plain values (bytes, ints, strings); what
+they mean is the domain's business (app/domain/service.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
+import itertools
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar, cast
-from uuid import UUID
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MaxConnectionsError, OutOfMemoryError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app import encoding
-from app.errors import StoreUnavailable, TokenRevoked, TokenUsed
+from app.errors import StoreUnavailable
+from app.store import scripts
+from app.store.batching import Batcher
+from app.store.connect import Client, ClusterMode, check_version, connect, discover_streams, max_shards_used
+from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
 
 log = logging.getLogger("feedback_tokens.store")
 T = TypeVar("T")
 
-# KEYS[1] token record, KEYS[2] feedback stream
-# ARGV[1] submission fingerprint, ARGV[2] record expiry (unix s), ARGV[3] answer JSON,
-# ARGV[4] use policy ('once' | 'update' | 'many', see app/domain/policy.py), ARGV[5] cap on uses (0: none),
-# ARGV[6..] stream entry field/value pairs
-# Returns {"ok", entry id, uses} | {"dup", stored answer JSON, uses} | {"used"} | {"revoked"}
-# 'once' and 'update' keep the latest fingerprint and answer: resending it is a duplicate. 'update'
-# adds the field revision = uses to each entry, so the stream's order is the revisions' order and
-# its last revision is the record's. 'many' keeps only the count: every submission is new.
-SUBMIT = """
-local state = redis.call('HMGET', KEYS[1], 'rev', 'fp', 'ans', 'n')
-if state[1] then return {'revoked'} end
-local policy = ARGV[4]
-local uses = tonumber(state[4]) or (state[2] and 1 or 0)
-if state[2] and policy ~= 'many' then
-  if state[2] == ARGV[1] then return {'dup', state[3], uses} end
-  if policy == 'once' then return {'used'} end
-end
-local cap = tonumber(ARGV[5])
-if cap > 0 and uses >= cap then return {'used'} end
-uses = uses + 1
-local fields = {unpack(ARGV, 6)}
-if policy == 'update' then
-  fields[#fields + 1] = 'revision'
-  fields[#fields + 1] = tostring(uses)
-end
-local entry = redis.call('XADD', KEYS[2], '*', unpack(fields))
-if policy == 'many' then
-  redis.call('HSET', KEYS[1], 'n', uses)
-else
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'ans', ARGV[3], 'n', uses)
-end
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
-return {'ok', entry, uses}
-"""
-
-# KEYS[1] token record, KEYS[2] run index
-# ARGV[1] jwt, ARGV[2] record expiry (unix s), ARGV[3] created (µs), ARGV[4] token id,
-# ARGV[5] prune index entries created before this (µs)
-# Returns 1
-ISSUE = """
-redis.call('HSET', KEYS[1], 'jwt', ARGV[1])
-redis.call('EXPIREAT', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
-if redis.call('EXPIRETIME', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('EXPIREAT', KEYS[2], ARGV[2])
-end
-return 1
-"""
-
-# KEYS[1] token record
-# Returns 1 when revoked (or already revoked), 0 when the token is unknown
-REVOKE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'rev', '1')
-return 1
-"""
+# What each operation is called in answers and logs.
+OPERATIONS = {
+    "issue": "issuing tokens",
+    "submit": "recording a submission",
+    "lookup": "looking up a token by id",
+    "state": "reading a token's state",
+    "list": "listing a run's tokens",
+    "revoke": "revoking a token",
+    "recent": "reading recent feedback",
+    "ping": "reaching Redis",
+}
 
 
-class Coalescer:
-    """Calls of one script from concurrent requests, sent together as one pipeline.
+@dataclass(frozen=True, slots=True)
+class UseState:
+    """What a token's record says of its use (``L:u``), read without changing it."""
 
-    A call queues its keys and arguments and waits; the first call of a loop iteration schedules
-    a flush for when the loop next comes round, which sends everything queued by then as one
-    non-transactional pipeline (one round trip, one write, one read). Each EVALSHA in it is still
-    atomic on its own, and each caller gets its own reply or its own error: a per-command error
-    (OOM, NOSCRIPT after a Redis restart, which is retried once after loading the script) fails
-    only that call; a connection error or timeout fails the calls of that pipeline. The client's
-    socket timeout bounds each pipeline as it bounds a single call."""
+    uses: int = 0
+    revoked: bool = False
+    fingerprint: bytes | None = None  # the latest submission's
+    created_ms: int = 0  # the latest submission's
+    attempt: str | None = None
+    latest: bytes | None = None  # 'update' tokens: the latest values (JSON)
 
-    def __init__(self, client: aioredis.Redis, script: AsyncScript, max_batch: int = 512) -> None:
-        self.client = client
-        self.script = script
-        self.max_batch = max_batch
-        self._queue: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
-        self._scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()  # strong references until done
-
-    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((keys, args, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._kick)
-        return await future
-
-    def _kick(self) -> None:
-        self._scheduled = False
-        queue, self._queue = self._queue, []
-        for start in range(0, len(queue), self.max_batch):
-            task = asyncio.ensure_future(self._flush(queue[start : start + self.max_batch]))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    async def _send(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> list[Any]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for keys, args, _ in batch:
-                pipe.evalsha(self.script.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
-
-    async def _flush(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
-        try:
-            replies = await self._send(batch)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                # Redis lost its script cache (a restart or SCRIPT FLUSH): nothing ran for these.
-                await self.client.script_load(self.script.script)
-                retried = await self._send([batch[i] for i in missing])
-                for i, reply in zip(missing, retried, strict=True):
-                    replies[i] = reply
-        except BaseException as err:  # noqa: B036 - every waiter must hear of it, then re-raise
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(err if isinstance(err, Exception) else RedisError(repr(err)))
-            if not isinstance(err, Exception):
-                raise
-            return
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # its request went away (cancelled); the reply has no reader
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+    @classmethod
+    def parse(cls, raw: bytes | None, latest: bytes | None = None) -> UseState:
+        if raw is None:
+            return cls(latest=latest)
+        flags, uses, fp, created, attempt = scripts.STATE.unpack(raw)
+        return cls(
+            uses=uses,
+            revoked=bool(flags & scripts.REVOKED),
+            fingerprint=fp if uses else None,
+            created_ms=created,
+            attempt=attempt.decode("ascii") if uses else None,
+            latest=latest,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class StoredToken:
-    token_id: str
-    jwt: str
-    created_us: int
-    used: bool
-    revoked: bool
+    """A token as a listing or a lookup finds it: its record and signature, or (issued before
+    sharding) its JWT."""
+
+    token_id: uuid.UUID
+    record: bytes
+    signature: bytes
+    state: UseState = field(default_factory=UseState)
+    jwt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReply:
+    """What the submit script decided: ``ok`` (recorded by this attempt), ``dup`` (an identical
+    submission was recorded before), or one of ``used``, ``revoked``, ``expired``, ``conflict``."""
+
+    status: str
     uses: int = 0
+    created_ms: int = 0
+    attempt: str | None = None  # ``dup``: the attempt that recorded it
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    answer: dict[str, Any]
-    duplicate: bool
-    uses: int = 1
+class RunFull(Exception):
+    """Issuing would put more live tokens in a run record than the cap allows."""
 
-
-@dataclass(frozen=True, slots=True)
-class TokenState:
-    """What the record says of a token, read without changing it."""
-
-    uses: int
-    revoked: bool
-    fingerprint: str | None  # the latest submission's ('once' and 'update')
-    answer: dict[str, Any] | None
-
-
-def _uses(n: bytes | None, fp: bytes | None) -> int:
-    return int(n) if n is not None else int(fp is not None)
-
-
-def encode_field(value: Any) -> str:
-    """Stream fields: plain strings as they are, everything else JSON, absent as ''."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    def __init__(self, run_key: str, live: int) -> None:
+        super().__init__(run_key)
+        self.run_key, self.live = run_key, live
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis, prefix: str, retry_after: int = 5) -> None:
-        self.redis = client
-        self.prefix = prefix
+    """Created before the event loop runs (the app factory), connected by ``start`` in the app's
+    lifespan: whether ``url`` names a cluster is only known once the server answers."""
+
+    def __init__(
+        self,
+        url: str,
+        keyspace: Keyspace,
+        *,
+        cluster: ClusterMode = "auto",
+        timeout: float = 2.0,
+        pool_size: int = 64,
+        retry_after: int = 5,
+        grace: int = 90,
+        run_cap: int = 1000,
+        observe: Callable[[str, float], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """``grace``: seconds past ``exp`` during which some node may still accept a token
+        (leeway + the largest clock skew promised); records live at least that long."""
+        self.url = url
+        self.keyspace = keyspace
+        self.cluster_mode: ClusterMode = cluster
+        self.timeout = timeout
+        self.pool_size = pool_size
         self.retry_after = retry_after
-        self.stream = f"{{{prefix}}}:feedback"
-        self._submit = client.register_script(SUBMIT)
-        self._issue = client.register_script(ISSUE)
-        self._revoke = client.register_script(REVOKE)
-        self._submit_batched = Coalescer(client, self._submit)
+        self.grace = grace
+        self.run_cap = run_cap
+        self.observe = observe
+        self.on_error = on_error
+        self.on_batch = on_batch
+        self._next_shard = itertools.count(int.from_bytes(uuid.uuid4().bytes[:2], "big"))
+        self.max_shards = keyspace.shards
+        self.version: tuple[int, ...] | None = None
+        self._node_clients: dict[str, aioredis.Redis] = {}
+        self._attach(aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout))
 
-    @classmethod
-    def from_url(cls, url: str, prefix: str, timeout: float, retry_after: int = 5) -> Store:
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # One immediate retry on a broken pooled connection (e.g. after a Redis restart).
-            # Safe: every script here is idempotent for the same arguments.
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=30,
+    def _attach(self, client: Client) -> None:
+        self.redis: Client = client
+        self.cluster = isinstance(client, RedisCluster)
+        self._submit = client.register_script(scripts.SUBMIT)
+        self._issue = client.register_script(scripts.ISSUE)
+        self._list = client.register_script(scripts.LIST)
+        self._revoke = client.register_script(scripts.REVOKE)
+        self._submit_batched = Batcher(
+            client, self._submit, self._node_client if self.cluster else None, on_batch=self.on_batch
         )
-        return cls(client, prefix, retry_after)
 
-    def token_key(self, token_id: UUID | str) -> str:
-        return f"{{{self.prefix}}}:t:{token_id}"
+    def _node_client(self, key: str) -> aioredis.Redis:
+        """A plain client for the primary that owns ``key`` (cluster: for pipelined EVALSHA)."""
+        assert isinstance(self.redis, RedisCluster)
+        node = self.redis.get_node_from_key(key)
+        if node is None:
+            raise ClusterDownError(f"no node serves the slot of {key}")
+        client = self._node_clients.get(node.name)
+        if client is None:
+            client = self._node_clients[node.name] = aioredis.Redis(
+                host=node.host,
+                port=int(node.port),
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                max_connections=self.pool_size,
+                **{k: v for k, v in node.connection_kwargs.items() if k in ("username", "password", "ssl")},
+            )
+        return client
 
-    def run_key(self, run_id: UUID | str) -> str:
-        return f"{{{self.prefix}}}:r:{run_id}"
+    async def start(self) -> None:
+        """Connect (a cluster or one server, per ``cluster``), check the server's version and
+        learn how many shards this prefix has used. Raises RedisVersionError for a server that is
+        too old and RedisError when it does not answer (``ensure_started`` tries again later)."""
+        previous = self.redis
+        self._attach(await connect(self.url, self.cluster_mode, self.timeout, self.pool_size))
+        await previous.aclose()
+        self.version = await check_version(self.redis)
+        self.max_shards = await max_shards_used(self.redis, self.keyspace)
+        kind = "Redis Cluster" if self.cluster else "Redis"
+        log.info("%s at %s answered (version %s)", kind, redact_url(self.url), ".".join(map(str, self.version)))
+
+    async def ensure_started(self) -> None:
+        """``start`` again if it has not succeeded yet (Redis was down when the node started)."""
+        if self.version is None:
+            await self.start()
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
         try:
             return await fn()
         except RedisError as err:
+            kind = _error_kind(err)
+            if self.on_error is not None:
+                self.on_error(kind)
             log.warning("redis %s failed: %s: %s", what, type(err).__name__, err)
-            if isinstance(err, OutOfMemoryError) or str(err).startswith("OOM"):
+            doing = OPERATIONS.get(what, what)
+            if kind == "oom":
                 # Refused at the script's first write: certainly nothing was recorded.
-                detail = "feedback storage is out of memory; nothing was recorded, try again"
-            else:
+                detail = f"Redis is out of memory while {doing}; nothing was changed, try again"
+            elif kind == "pool":
+                detail = f"every Redis connection of this node is busy ({doing}); nothing was changed, try again"
+            elif what == "submit":
                 # A timeout or a dropped connection may come after Redis ran the script, so don't
-                # promise that nothing was recorded; an identical retry is answered either way.
+                # promise that nothing was recorded; an identical resend is answered either way.
                 detail = (
-                    "feedback storage is unavailable; send the same submission again shortly (unless "
-                    "the token takes many submissions, an identical resend is never counted twice)"
+                    f"Redis is unavailable ({doing} failed: {kind}); send the same submission again shortly: "
+                    "an identical resend is never counted twice (for tokens that take many submissions, "
+                    "send an Idempotency-Key header so that a resend is recognised)"
                 )
+            else:
+                detail = f"Redis is unavailable ({doing} failed: {kind}); try again shortly"
             raise StoreUnavailable(detail, retry_after=self.retry_after) from err
+        finally:
+            if self.observe is not None:
+                self.observe(what, time.perf_counter() - started)
 
     async def close(self) -> None:
+        await self._submit_batched.drain()
+        for client in self._node_clients.values():
+            await client.aclose()
         await self.redis.aclose()
 
     async def ping(self) -> bool:
-        return bool(await self._call("ping", self.redis.ping))
+        async def run() -> bool:
+            if isinstance(self.redis, RedisCluster):
+                replies = await self.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+                return bool(replies)
+            return bool(await self.redis.ping())
+
+        return await self._call("ping", run)
 
     async def eviction_policy(self) -> str | None:
-        """The server's maxmemory-policy, or None where CONFIG is not allowed."""
+        """The server's maxmemory-policy (the first primary's on a cluster), or None where CONFIG
+        is not allowed."""
         try:
-            reply = await self.redis.config_get("maxmemory-policy")
+            if isinstance(self.redis, RedisCluster):
+                reply = await self.redis.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
+                values = reply.values() if isinstance(reply, dict) else []
+                policies = {
+                    v.get("maxmemory-policy") if isinstance(v, dict) else None for v in values
+                } or {None}
+                policy = next((p for p in policies if p not in (None, "noeviction", b"noeviction")), None)
+                value: Any = policy if policy is not None else next(iter(policies))
+            else:
+                value = (await self.redis.config_get("maxmemory-policy")).get("maxmemory-policy")
         except RedisError:
             return None
-        value = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
         return value.decode() if isinstance(value, bytes) else value
 
-    async def issue(self, records: Sequence[tuple[str, str, str, int, int]], prune_before_us: int) -> None:
-        """records: (token id, run id, jwt, record expiry unix s, created µs). All or nothing."""
+    # -- issuance ---------------------------------------------------------------------------------
 
-        async def run() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for token_id, run_id, jwt, expire_at, created_us in records:
-                    await self._issue(
-                        keys=[self.token_key(token_id), self.run_key(run_id)],
-                        args=[jwt, expire_at, created_us, token_id, prune_before_us],
-                        client=pipe,
-                    )
-                await pipe.execute()
+    def next_shard(self) -> int:
+        """Round-robin over the shards, per process: each request's tokens go to the next one,
+        so every primary gets its share whatever the runs look like."""
+        return next(self._next_shard) % self.keyspace.shards
 
-        await self._call("issue", run)
+    async def issue(self, shard: int, tokens: Sequence[tuple[uuid.UUID, bytes, bytes]]) -> None:
+        """tokens: (token id, record, signature), all issued into ``shard``. All or nothing;
+        RunFull if a run record would pass the cap."""
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        args: list[Any] = [self.run_cap, self.grace]
+        for token_id, record, signature in tokens:
+            where = locate(token_id)
+            if where.shard != shard or where.run_hash is None:
+                raise ValueError("token id not issued into this shard")
+            key = self.keyspace.run_record(shard, where.run_hash)
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)
+            args += (index[key], local_id(token_id), record, signature)
+        reply = await self._call("issue", lambda: self._issue(keys=keys, args=args))
+        if _text(reply[0]) == "full":
+            raise RunFull(keys[int(reply[1]) - 1], int(reply[2]))
+
+    # -- submission -------------------------------------------------------------------------------
+
+    def _place(self, token_id: uuid.UUID, run_id: uuid.UUID) -> tuple[str, str, str | None]:
+        """(run record, stream, record of the layout before sharding or None) of a token."""
+        where = locate(token_id)
+        if where.shard is not None and where.run_hash is not None:
+            return self.keyspace.run_record(where.shard, where.run_hash), self.keyspace.stream(where.shard), None
+        return (
+            self.keyspace.run_record(None, run_hash(run_id)),
+            self.keyspace.legacy_stream,
+            self.keyspace.legacy_record(token_id),
+        )
 
     async def submit(
         self,
-        token_id: str,
-        fingerprint: str,
-        expire_at: int,
-        answer: dict[str, Any],
-        entry: dict[str, str],
-        use: str = "once",
-        cap: int | None = None,
-    ) -> Outcome:
-        """Record a submission under the token's use policy; under 'update' the answer gets its
-        ``revision``. Raises TokenUsed / TokenRevoked."""
-        args: list[Any] = [fingerprint, expire_at, encoding.dumps(answer), use, cap or 0]
-        for name, value in entry.items():
+        token_id: uuid.UUID,
+        run_id: uuid.UUID,
+        *,
+        attempt: str,
+        fingerprint: bytes,
+        use: str,
+        cap: int | None,
+        deadline: int,
+        created_ms: int,
+        idempotency: str | None,
+        latest: bytes,
+        entry: Sequence[tuple[str, str]],
+    ) -> SubmitReply:
+        record_key, stream, legacy = self._place(token_id, run_id)
+        args: list[Any] = [
+            local_id(token_id), attempt, fingerprint, use, cap or 0, deadline, created_ms, idempotency or "", latest,
+        ]
+        for name, value in entry:
             args += (name, value)
-        reply = await self._call(
-            "submit",
-            lambda: self._submit_batched([self.token_key(token_id), self.stream], args),
-        )
-        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        keys = [record_key, stream] if legacy is None else [record_key, stream, legacy]
+        reply = await self._call("submit", lambda: self._submit_batched(keys, args))
+        status = _text(reply[0])
         if status == "ok":
-            uses = int(reply[2])
-            return Outcome({**answer, "revision": uses} if use == "update" else answer, False, uses)
+            return SubmitReply(status, int(reply[1]), int(reply[2]))
         if status == "dup":
-            uses, stored = int(reply[2]), json.loads(reply[1])
-            return Outcome({**stored, "revision": uses} if use == "update" else stored, True, uses)
-        if status == "revoked":
-            raise TokenRevoked("this token was revoked")
-        raise TokenUsed("this token was already used for a different submission")
+            created = int(reply[2])
+            if len(reply) > 4 and reply[4]:  # recorded before sharding: only its answer's ISO time
+                created = int(datetime.fromisoformat(_text(reply[4])).timestamp() * 1000)
+            return SubmitReply(status, int(reply[1]), created, _text(reply[3]))
+        return SubmitReply(status)
 
-    async def lookup(self, token_id: UUID) -> str | None:
-        jwt = await self._call("lookup", lambda: self.redis.hget(self.token_key(token_id), "jwt"))
-        return jwt.decode() if isinstance(jwt, bytes) else jwt
+    async def lookup(self, token_id: uuid.UUID) -> StoredToken | None:
+        """The token's record and signature by id (or, for an id issued before sharding, its
+        JWT); None when unknown or gone."""
+        key = self.keyspace.record_of(token_id)
+        if key is None:
+            legacy = self.keyspace.legacy_record(token_id)
+            jwt = await self._call("lookup", lambda: self.redis.hget(legacy, "jwt"))
+            return None if jwt is None else StoredToken(token_id, b"", b"", jwt=_text(jwt))
+        L = local_id(token_id)
+        record, signature = cast(
+            list[bytes | None], await self._call("lookup", lambda: self.redis.hmget(key, [L, f"{L}:s"]))
+        )
+        if record is None or signature is None:
+            return None
+        return StoredToken(token_id, record, signature)
 
-    async def state(self, token_id: UUID) -> TokenState:
-        fields: Any = await self._call(
-            "state", lambda: self.redis.hmget(self.token_key(token_id), "rev", "fp", "ans", "n")
+    async def state(self, token_id: uuid.UUID, run_id: uuid.UUID) -> UseState:
+        key, _, legacy = self._place(token_id, run_id)
+        L = local_id(token_id)
+        state, latest = cast(
+            list[bytes | None], await self._call("state", lambda: self.redis.hmget(key, [f"{L}:u", f"{L}:v"]))
         )
-        rev, fp, ans, n = fields
-        return TokenState(
-            uses=_uses(n, fp),
-            revoked=rev is not None,
-            fingerprint=fp.decode() if fp is not None else None,
-            answer=json.loads(ans) if ans is not None else None,
-        )
+        parsed = UseState.parse(state, latest)
+        if legacy is not None:
+            rev, fp, n = cast(
+                list[bytes | None], await self._call("state", lambda: self.redis.hmget(legacy, ["rev", "fp", "n"]))
+            )
+            if state is None and fp is not None:
+                parsed = UseState(uses=int(n or 1), fingerprint=bytes.fromhex(fp.decode()))
+            if rev is not None:
+                parsed = dataclasses.replace(parsed, revoked=True)
+        return parsed
+
+    async def revoke(self, token_id: uuid.UUID) -> bool:
+        key = self.keyspace.record_of(token_id)
+        if key is None:  # issued before sharding: its old record carries the flag
+            legacy = self.keyspace.legacy_record(token_id)
+
+            async def mark() -> bool:
+                if not await self.redis.exists(legacy):
+                    return False
+                await self.redis.hset(legacy, "rev", "1")
+                return True
+
+            return await self._call("revoke", mark)
+        return bool(await self._call("revoke", lambda: self._revoke(keys=[key], args=[local_id(token_id)])))
+
+    # -- listing ----------------------------------------------------------------------------------
+
+    async def list_run(self, run_id: uuid.UUID, window: int) -> tuple[int, list[tuple[int, StoredToken]]]:
+        """The run's live tokens: how many there are, and the oldest ``window`` of them with
+        their creation time (µs), oldest first. A run's tokens may sit in several shards (each
+        request goes to one); each shard's script pages its own part, and the parts are merged
+        by creation time here (with what the layout before sharding still holds)."""
+        rh = run_hash(run_id)
+        keys = [self.keyspace.run_record(shard, rh) for shard in range(self.max_shards)]
+
+        async def run() -> tuple[list[Any], list[tuple[int, StoredToken]]]:
+            parts = await asyncio.gather(
+                *(self._list(keys=[key], args=[run_id.bytes, self.grace, window]) for key in keys),
+                self._legacy_list(run_id, window),
+            )
+            return list(parts[:-1]), parts[-1]
+
+        replies, legacy = await self._call("list", run)
+        total = len(legacy)
+        found = list(legacy)
+        for shard, reply in enumerate(replies):
+            total += int(reply[0])
+            rows = reply[1:]
+            for i in range(0, len(rows), 4):
+                local, record, signature, state = rows[i : i + 4]
+                created = scripts.RECORD_HEAD.unpack_from(record)[1]
+                token_id = token_id_from(run_id, shard, _text(local))
+                found.append((created, StoredToken(token_id, record, signature, UseState.parse(state or None))))
+        found.sort(key=lambda item: item[0])
+        return total, found[:window]
+
+    async def _legacy_list(self, run_id: uuid.UUID, window: int) -> list[tuple[int, StoredToken]]:
+        """A run's tokens as the layout before sharding indexed them (empty once they expired)."""
+        index = self.keyspace.legacy_run_index(run_id)
+        members = cast(list[tuple[bytes, float]], await self.redis.zrange(index, 0, window - 1, withscores=True))
+        out = []
+        for member, score in members:
+            token_id = uuid.UUID(member.decode())
+            jwt, rev, fp, n = await self.redis.hmget(self.keyspace.legacy_record(token_id), ["jwt", "rev", "fp", "n"])
+            if jwt is None:
+                continue
+            uses = int(n) if n is not None else int(fp is not None)
+            state = UseState(uses=uses, revoked=rev is not None)
+            out.append((int(score), StoredToken(token_id, b"", b"", state, jwt=_text(jwt))))
+        return out
+
 
     async def recent(self, count: int) -> list[dict[str, str]]:
-        """The stream's newest entries, newest first (the demo page shows them)."""
-        rows: Any = await self._call(
-            "recent", lambda: self.redis.xrevrange(self.stream, count=count)
-        )
-        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+        """The newest entries of every shard's stream, newest first (the demo page shows them)."""
 
-    async def revoke(self, token_id: UUID) -> bool:
-        return bool(await self._call("revoke", lambda: self._revoke(keys=[self.token_key(token_id)])))
+        async def run() -> list[Any]:
+            streams = self.keyspace.streams(self.max_shards)
+            return list(await asyncio.gather(*(self.redis.xrevrange(s, count=count) for s in streams)))
 
-    async def list_run(self, run_id: UUID) -> list[StoredToken]:
-        """The run's live tokens, oldest first."""
+        rows = [row for part in await self._call("recent", run) for row in part]
+        rows.sort(key=lambda row: tuple(int(x) for x in _text(row[0]).split("-")), reverse=True)
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows[:count]]
 
-        async def run() -> list[StoredToken]:
-            members = cast(
-                list[tuple[bytes, float]],
-                await self.redis.zrange(self.run_key(run_id), 0, -1, withscores=True),
-            )
-            if not members:
-                return []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for member, _ in members:
-                    pipe.hmget(self.token_key(member.decode()), "jwt", "fp", "rev", "n")
-                rows: list[list[bytes | None]] = await pipe.execute()
-            found: list[StoredToken] = []
-            gone: list[bytes] = []
-            for (member, score), (jwt, fp, rev, n) in zip(members, rows, strict=True):
-                if jwt is None:
-                    gone.append(member)
-                    continue
-                uses = _uses(n, fp)
-                found.append(
-                    StoredToken(member.decode(), jwt.decode(), int(score), uses > 0, rev is not None, uses)
-                )
-            if gone:
-                await self.redis.zrem(self.run_key(run_id), *gone)
-            return found
+    async def streams(self) -> list[str]:
+        return await self._call("ping", lambda: discover_streams(self.redis, self.keyspace))
 
-        return await self._call("list", run)
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return url
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _error_kind(err: RedisError) -> str:
+    if isinstance(err, OutOfMemoryError) or str(err).startswith("OOM"):
+        return "oom"
+    if isinstance(err, MaxConnectionsError):
+        return "pool"
+    if isinstance(err, TimeoutError):
+        return "timeout"
+    if isinstance(err, RedisConnectionError):
+        return "connection"
+    return "error"

@@ -1,0 +1,177 @@
+"""Calls of one script from concurrent requests, sent together: one pipeline per Redis node.
+
+A call queues its keys and arguments and waits; the first call of a loop iteration schedules a
+flush for when the loop next comes round, which sends everything queued by then: on one Redis as
+one non-transactional pipeline, on a cluster as one pipeline per primary (redis-py's cluster
+pipeline refuses EVALSHA, so the calls are grouped by the node that owns their slot here). Each
+EVALSHA is still atomic on its own and each caller gets its own reply or error.
+
+What goes wrong, and what happens then:
+
+- NOSCRIPT (a restarted or promoted node has no script cache): nothing ran; the script is loaded
+  on that node and those calls sent again.
+- MOVED / ASK / TRYAGAIN (a slot moved, is moving, or a failover is under way): nothing ran; each
+  such call is sent again through the cluster client, which follows the redirection and updates
+  its slot map, so the next flush goes to the right node.
+- A connection error (a dropped connection, a dead node): the script may or may not have run.
+  The whole pipeline is sent once more on a fresh connection (after a topology refresh on a
+  cluster). That is safe only because every call carries an attempt id that the script
+  remembers: a call that already ran answers what it answered the first time (app/store/scripts.py).
+- A timeout: the node is slow or hung; no retry (it would double the wait), the callers get
+  the error and the service answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError,
+    MaxConnectionsError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    TryAgainError,
+)
+
+log = logging.getLogger("feedback_tokens.store")
+
+Call = tuple[list[Any], list[Any], "asyncio.Future[Any]"]
+_REDIRECTS = (MovedError, AskError, TryAgainError)
+
+
+class Batcher:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        script: AsyncScript,
+        node_client: Callable[[str], aioredis.Redis] | None = None,
+        max_batch: int = 512,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """``node_client(key)``: on a cluster, a plain client for the primary that owns ``key``."""
+        self.client = client
+        self.script = script
+        self.node_client = node_client
+        self.max_batch = max_batch
+        self.on_batch = on_batch
+        self._queue: list[Call] = []
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()  # strong references until done
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((keys, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._kick)
+        return await future
+
+    async def drain(self) -> None:
+        """Wait for every flush under way (shutdown: no caller is left without an answer)."""
+        while self._queue or self._flushes:
+            if self._queue and not self._scheduled:
+                self._kick()
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+            await asyncio.sleep(0)
+
+    def _kick(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        groups: dict[int, tuple[aioredis.Redis, list[Call]]] = {}
+        for call in queue:
+            node = self._client_for(call[0][0])
+            groups.setdefault(id(node), (node, []))[1].append(call)
+        for node, calls in groups.values():
+            for start in range(0, len(calls), self.max_batch):
+                task = asyncio.ensure_future(self._flush(node, calls[start : start + self.max_batch]))
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+
+    def _client_for(self, key: Any) -> aioredis.Redis:
+        if self.node_client is None:
+            assert isinstance(self.client, aioredis.Redis)
+            return self.client
+        return self.node_client(key)
+
+    async def _send(self, node: aioredis.Redis, batch: list[Call]) -> list[Any]:
+        async with node.pipeline(transaction=False) as pipe:
+            for keys, args, _ in batch:
+                pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+
+    async def _send_retrying(self, node: aioredis.Redis, batch: list[Call]) -> list[Any]:
+        try:
+            return await self._send(node, batch)
+        except MaxConnectionsError:
+            raise  # the pool is exhausted: answer at once, don't queue more work
+        except ConnectionError as err:
+            # May have run: safe to send again only because each call carries its attempt id.
+            log.warning("redis connection lost during a batch of %d (%s); sending it once more", len(batch), err)
+            if isinstance(self.client, RedisCluster):
+                await self._refresh_topology()
+                regrouped = [(self._client_for(c[0][0]), c) for c in batch]
+                if any(n is not node for n, _ in regrouped):
+                    return await asyncio.gather(*(self._single(c) for c in batch), return_exceptions=True)
+            return await self._send(node, batch)
+
+    async def _refresh_topology(self) -> None:
+        assert isinstance(self.client, RedisCluster)
+        try:
+            await self.client.nodes_manager.initialize()
+        except RedisError as err:
+            log.warning("redis cluster topology refresh failed: %s", err)
+
+    async def _single(self, call: Call) -> Any:
+        """One call through the cluster client, which follows MOVED / ASK and retries TRYAGAIN."""
+        keys, args, _ = call
+        try:
+            return await self.client.evalsha(self.script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(self.script.script)
+            return await self.client.evalsha(self.script.sha, len(keys), *keys, *args)
+
+    async def _flush(self, node: aioredis.Redis, batch: list[Call]) -> None:
+        started = time.perf_counter()
+        try:
+            replies = await self._send_retrying(node, batch)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # This node lost its script cache (a restart, SCRIPT FLUSH, a promoted replica).
+                await node.script_load(self.script.script)
+                retried = await self._send(node, [batch[i] for i in missing])
+                for i, reply in zip(missing, retried, strict=True):
+                    replies[i] = reply
+            moved = [i for i, reply in enumerate(replies) if isinstance(reply, (*_REDIRECTS, ClusterDownError))]
+            if moved and isinstance(self.client, RedisCluster):
+                again = await asyncio.gather(*(self._single(batch[i]) for i in moved), return_exceptions=True)
+                for i, reply in zip(moved, again, strict=True):
+                    replies[i] = reply
+        except BaseException as err:  # noqa: B036 - every waiter must hear of it, then re-raise
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(err if isinstance(err, Exception) else RedisError(repr(err)))
+            if not isinstance(err, Exception):
+                raise
+            return
+        finally:
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            log.debug("batch of %d in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its request went away (cancelled); the reply has no reader
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply if isinstance(reply, Exception) else RedisError(repr(reply)))
+            else:
+                future.set_result(reply)
