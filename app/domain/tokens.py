@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from app.clock import isoformat
 from app.domain.feedback import FeedbackConfig
 from app.domain.policy import Use
 from app.errors import TokenExpired, TokenInvalid
@@ -228,7 +229,7 @@ def check_claims(payload: dict[str, Any], issuer: str, now: float, leeway: int) 
     if claims.issued_at > now + leeway:
         raise TokenInvalid("token issued in the future")
     if now >= claims.expires_at + leeway:
-        raise TokenExpired(f"this token expired at {claims.expires_at}")
+        raise TokenExpired(f"this token expired at {isoformat(claims.expires_at)}")
     return claims
 
 
