@@ -142,6 +142,7 @@ def create_app(
         ),
         Route("/api/v1/feedback/tokens/{token}/info", endpoints.token_info, methods=["GET"]),
         Route("/widget.js", assets.widget, methods=["GET"]),
+        Route("/favicon.ico", assets.favicon, methods=["GET"]),
         Route("/.well-known/jwks.json", endpoints.jwks, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
