@@ -20,7 +20,7 @@ from starlette.routing import Route
 from app.clock import Clock
 from app.config import Settings
 from app.errors import FeedbackTokenError, MethodNotAllowed, NotFound
-from app.http import assets, demo, endpoints, openapi
+from app.http import assets, demo, endpoints, info, openapi
 from app.http.middleware import BASE_HEADERS, SecurityHeaders
 from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource, JwksSource, KeySource
@@ -141,6 +141,7 @@ def create_app(
             methods=["GET", "HEAD", "POST", "DELETE"],
         ),
         Route("/api/v1/feedback/tokens/{token}/info", endpoints.token_info, methods=["GET"]),
+        Route("/api/v1/info", info.endpoint, methods=["GET"]),
         Route("/widget.js", assets.widget, methods=["GET"]),
         Route("/favicon.ico", assets.favicon, methods=["GET"]),
         Route("/.well-known/jwks.json", endpoints.jwks, methods=["GET"]),
