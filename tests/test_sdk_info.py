@@ -44,7 +44,9 @@ const listed = [];
 for await (const t of client.listPresignedFeedbackTokens(runId)) listed.push(t);
 // The step the SDK's tracing and feedback paths take first (it warns when /info fails).
 const info = await client._ensureServerInfo();
-const tokenMethods = Object.getOwnPropertyNames(Client.prototype).filter((name) => /token/i.test(name) && /feedback/i.test(name)).sort();
+const tokenMethods = Object.getOwnPropertyNames(Client.prototype)
+  .filter((name) => /token/i.test(name) && /feedback/i.test(name))
+  .sort();
 console.log(JSON.stringify({ token, listed, info, runId, tokenMethods }));
 """
 

@@ -158,8 +158,9 @@ async def submit_form(request: Request, token: str) -> Response:
 
 async def submit_get(request: Request) -> Response:
     """A link click. HEAD and prefetches never consume: HEAD answers what GET would (status and
-    headers: 410 revoked, 409 used, 401 not ours...) and records nothing. A token issued with ``confirm`` shows a confirmation page and records nothing; so does
-    a browser's visit to a link without an answer (a picker). Only the POST from either records."""
+    headers: 410 revoked, 409 used, 401 not ours...) and records nothing. A token issued with
+    ``confirm`` shows a confirmation page and records nothing; so does a browser's visit to a
+    link without an answer (a picker). Only the POST from either records."""
     token = request.path_params["token"]
     svc = service(request)
     if policy.is_prefetch(request.headers):

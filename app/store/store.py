@@ -205,6 +205,19 @@ def encode_field(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+# What each ``Store._call`` was doing, in the words a 503's detail uses.
+OPERATIONS = {
+    "ping": "checking Redis",
+    "issue": "issuing tokens",
+    "submit": "recording the submission",
+    "lookup": "looking up the token id",
+    "state": "reading the token's state",
+    "recent": "reading recent feedback",
+    "revoke": "revoking the token",
+    "list": "listing the run's tokens",
+}
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, prefix: str, retry_after: int = 5) -> None:
         self.redis = client
@@ -240,16 +253,19 @@ class Store:
             return await fn()
         except RedisError as err:
             log.warning("redis %s failed: %s: %s", what, type(err).__name__, err)
+            doing = OPERATIONS.get(what, what)
             if isinstance(err, OutOfMemoryError) or str(err).startswith("OOM"):
                 # Refused at the script's first write: certainly nothing was recorded.
-                detail = "feedback storage is out of memory; nothing was recorded, try again"
-            else:
+                detail = f"feedback storage (Redis) is out of memory: {doing} failed; nothing was recorded, try again"
+            elif what == "submit":
                 # A timeout or a dropped connection may come after Redis ran the script, so don't
                 # promise that nothing was recorded; an identical retry is answered either way.
                 detail = (
-                    "feedback storage is unavailable; send the same submission again shortly (unless "
-                    "the token takes many submissions, an identical resend is never counted twice)"
+                    f"feedback storage (Redis) is unavailable: {doing} failed; send the same submission again "
+                    "shortly (unless the token takes many submissions, an identical resend is never counted twice)"
                 )
+            else:
+                detail = f"feedback storage (Redis) is unavailable: {doing} failed; try again shortly"
             raise StoreUnavailable(detail, retry_after=self.retry_after) from err
 
     async def close(self) -> None:
