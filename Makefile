@@ -14,13 +14,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run: the service on http://127.0.0.1:8000 (private Redis unless REDIS_URL is set)
-run: $(STAMP)
-	$(BIN)/feedback-tokens dev --root .
+# Where `make run` listens, and where it keeps its key, API key and private Redis.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEV_ROOT ?= .
 
-## make demo: `make run` plus the widget demo on http://127.0.0.1:8000/demo
+## make run: the service on http://$(HOST):$(PORT) (private Redis unless REDIS_URL is set)
+# exec: no shell stays between make and the server, so make's SIGTERM reaches it and it stops
+# everything it started.
+run: $(STAMP)
+	exec $(BIN)/feedback-tokens dev --root $(DEV_ROOT) --host $(HOST) --port $(PORT)
+
+## make demo: `make run` plus the widget demo on http://$(HOST):$(PORT)/demo
 demo: $(STAMP)
-	FEEDBACK_DEMO=1 $(BIN)/feedback-tokens dev --root .
+	exec $(BIN)/feedback-tokens dev --root $(DEV_ROOT) --host $(HOST) --port $(PORT) --demo
 
 ## make test: the whole suite, against Redis servers the tests start themselves
 test: $(STAMP)

@@ -130,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.dev import run_dev
 
-    return run_dev(Path(args.root), args.port)
+    return run_dev(Path(args.root), args.port, args.host, args.demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=cmd_keys)
 
     dev = sub.add_parser("dev", help="development server: private Redis, key, API key (make run)")
-    dev.add_argument("--root", default=".")
+    dev.add_argument("--root", default=".", help="where the key, the API key and the private Redis live")
+    dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--demo", action="store_true", help="also serve /demo (FEEDBACK_DEMO=1)")
     dev.set_defaults(func=cmd_dev)
     return parser
 
