@@ -1,4 +1,4 @@
-# The same commands for developers and CI (.ci/run calls `make test`).
+# The same commands for developers and CI (.ci/run is `make test`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,8 +29,10 @@ run: $(STAMP)
 demo: $(STAMP)
 	exec $(BIN)/feedback-tokens dev --root $(DEV_ROOT) --host $(HOST) --port $(PORT) --demo
 
-## make test: the whole suite, against Redis servers the tests start themselves
+## make test: the whole suite, against Redis servers the tests start themselves; first installs
+## the Debian packages it needs when missing (listed in tests/system-packages)
 test: $(STAMP)
+	tests/install-system-packages
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## make bench: the benchmark (own Redis, own servers, wrk); writes bench/RESULTS.md
