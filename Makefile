@@ -1,4 +1,4 @@
-# The same commands for developers and CI (.ci/run calls `make test`).
+# The same commands for developers and CI (.ci/run is `make test`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,16 +14,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run: the service on http://127.0.0.1:8000 (private Redis unless REDIS_URL is set)
+# Where `make run` listens, and where it keeps its key, API key and private Redis.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEV_ROOT ?= .
+
+## make run: the service on http://$(HOST):$(PORT) (private Redis unless REDIS_URL is set)
+# exec: no shell stays between make and the server, so make's SIGTERM reaches it and it stops
+# everything it started.
 run: $(STAMP)
-	$(BIN)/feedback-tokens dev --root .
+	exec $(BIN)/feedback-tokens dev --root $(DEV_ROOT) --host $(HOST) --port $(PORT)
 
-## make demo: `make run` plus the widget demo on http://127.0.0.1:8000/demo
+## make demo: `make run` plus the widget demo on http://$(HOST):$(PORT)/demo
 demo: $(STAMP)
-	FEEDBACK_DEMO=1 $(BIN)/feedback-tokens dev --root .
+	exec $(BIN)/feedback-tokens dev --root $(DEV_ROOT) --host $(HOST) --port $(PORT) --demo
 
-## make test: the whole suite, against Redis servers the tests start themselves
+## make test: the whole suite, against Redis servers the tests start themselves; first installs
+## the Debian packages it needs when missing (listed in tests/system-packages)
 test: $(STAMP)
+	tests/install-system-packages
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## make bench: the benchmark (own Redis, own servers, wrk); writes bench/RESULTS.md
@@ -34,8 +43,7 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 
-## make lint: ruff on everything, mypy --strict on the package
+## make lint: ruff on everything, mypy --strict on the package (both pinned in the test extras)
 lint: $(STAMP)
-	$(BIN)/pip install --quiet ruff mypy
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy --strict app

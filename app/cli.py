@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 from app.keys.keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
@@ -100,6 +102,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, with this service's own logger (start-up checks, errors) beside it."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["feedback_tokens"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -110,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         proxy_headers=True,
         log_level="info",
+        log_config=log_config(),
         access_log=not args.no_access_log,
     )
     return 0
@@ -118,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.dev import run_dev
 
-    return run_dev(Path(args.root), args.port)
+    return run_dev(Path(args.root), args.port, args.host, args.demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=cmd_keys)
 
     dev = sub.add_parser("dev", help="development server: private Redis, key, API key (make run)")
-    dev.add_argument("--root", default=".")
+    dev.add_argument("--root", default=".", help="where the key, the API key and the private Redis live")
+    dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--demo", action="store_true", help="also serve /demo (FEEDBACK_DEMO=1)")
     dev.set_defaults(func=cmd_dev)
     return parser
 

@@ -3,23 +3,103 @@
 Creates and activates a signing key when the keyring is empty, keeps a development API key in
 ``.dev-api-key``, and, when ``REDIS_URL`` is unset, runs a private ``redis-server`` on a unix
 socket with its data (append-only file on) under ``.run/redis`` in the checkout.
+
+Stopping: SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal closing) all stop the server
+gracefully and then every process this command started (``Processes``), newest first. The
+processes run in sessions of their own, so a terminal's signal reaches only this command, which
+stops them after the server has drained; anything a dev command starts (Redis servers, more
+workers, a cluster's nodes) goes through ``Processes.start`` to be covered the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
 
 import redis
 
 from app.keys.keyring import DEFAULT_ALG, KeyringDir
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stop(BaseException):
+    """A stop signal arrived: unwind, so that every ``finally`` and ``Processes`` runs.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """Within: each of STOP_SIGNALS raises ``Stop`` in the main thread. By default SIGHUP and
+    SIGTERM end Python at once, skipping every cleanup, and SIGINT raises KeyboardInterrupt
+    wherever the main thread happens to be."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Stop(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+class Processes:
+    """Every process a dev command starts, stopped (newest first) however the command ends."""
+
+    def __init__(self, grace: float = 10.0) -> None:
+        self.grace = grace
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        # A session of its own: Ctrl-C or a hangup in the terminal reaches only us, and we stop
+        # this process after the server that uses it has finished its requests.
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        # A second Ctrl-C while stopping must not leave the rest running.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            for proc in reversed(self.started):
+                if proc.poll() is None:
+                    proc.terminate()
+                try:
+                    proc.wait(timeout=self.grace)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            for sig, before in previous.items():
+                signal.signal(sig, before)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop_all()
 
 
 def _dev_api_key(root: Path) -> str:
@@ -33,7 +113,9 @@ def _dev_api_key(root: Path) -> str:
     return key
 
 
-def start_private_redis(root: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
+def start_private_redis(
+    root: Path, processes: Processes | None = None
+) -> tuple[str, subprocess.Popen[bytes] | None]:
     """Start (or reuse) the checkout's own Redis. Returns its URL and the process we started."""
     run = (root / ".run").resolve()
     data = run / "redis"
@@ -47,14 +129,13 @@ def start_private_redis(root: Path) -> tuple[str, subprocess.Popen[bytes] | None
         pass
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not installed: `apt-get install redis-server`, or set REDIS_URL")
-    proc = subprocess.Popen(
-        [
-            "redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-            "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--save", "", "--maxmemory-policy", "noeviction",
-            "--logfile", str(run / "redis.log"),
-        ]
-    )
+    argv = [
+        "redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+        "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
+        "--save", "", "--maxmemory-policy", "noeviction",
+        "--logfile", str(run / "redis.log"),
+    ]
+    proc = processes.start(argv) if processes else subprocess.Popen(argv, start_new_session=True)
     for _ in range(100):
         try:
             redis.Redis.from_url(url, socket_timeout=1).ping()
@@ -67,9 +148,90 @@ def start_private_redis(root: Path) -> tuple[str, subprocess.Popen[bytes] | None
     sys.exit("redis-server did not start within 5 s")
 
 
-def run_dev(root: Path, port: int) -> int:
+def _bindable(host: str, port: int) -> socket.socket | None:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return sock
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything starts: a busy port is said at once, with a
+    free one to use instead, and there is no window in which another program takes it."""
+    try:
+        sock = _bindable(host, port)
+    except OSError as err:
+        sys.exit(f"can't listen on {host}:{port}: {err.strerror or err}")
+    if sock is None:
+        free = None
+        for candidate in range(port + 1, min(port + 50, 65536)):
+            probe = _bindable(host, candidate)
+            if probe is not None:
+                probe.close()
+                free = candidate
+                break
+        pick = f"`make run PORT={free}`" if free else "`make run PORT=<another port>`"
+        sys.exit(
+            f"port {port} on {host} is already in use (another `make run`, or another program). "
+            f"Pick another port: {pick} (or `feedback-tokens dev --port ...`)."
+        )
+    sock.listen(2048)
+    return sock
+
+
+def public_base(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # listening everywhere; this machine's own address is one of them
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def serve(sock: socket.socket) -> None:
+    """uvicorn on ``sock`` until a stop signal, which it answers by finishing the requests in
+    flight. uvicorn itself handles SIGINT and SIGTERM (and re-raises them once stopped, which
+    ``stopped_by_signals`` turns into ``Stop``); SIGHUP gets the same graceful stop here."""
     import uvicorn
 
+    from app.cli import log_config
+
+    server = uvicorn.Server(uvicorn.Config("app.main:app", log_level="info", log_config=log_config()))
+    hangups: list[int] = []
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        hangups.append(signum)
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    if hangups:
+        raise Stop(hangups[0])
+
+
+def run_dev(root: Path, port: int, host: str = "127.0.0.1", demo: bool = False) -> int:
+    try:
+        with stopped_by_signals(), Processes() as processes:
+            _run(root, port, host, demo, processes)
+    except Stop as stop:
+        print(f"stopped by {signal.Signals(stop.signum).name}; everything `make run` started is stopped", flush=True)
+        # End the way the signal would have ended us, so whoever sent it sees that.
+        signal.signal(stop.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stop.signum)
+    return 0
+
+
+def _run(root: Path, port: int, host: str, demo: bool, processes: Processes) -> None:
+    sock = listen(host, port)
     keys_dir = Path(os.environ.get("FEEDBACK_KEYS_DIR") or root / "keys")
     kid = KeyringDir(keys_dir).init(DEFAULT_ALG)
     if kid:
@@ -78,14 +240,15 @@ def run_dev(root: Path, port: int) -> int:
     if not api_key:
         api_key = _dev_api_key(root)
         os.environ["FEEDBACK_API_KEYS"] = api_key
-    proc = None
+    if demo:
+        os.environ["FEEDBACK_DEMO"] = "1"
     if not os.environ.get("REDIS_URL"):
-        os.environ["REDIS_URL"], proc = start_private_redis(root)
-        print(f"private Redis at {os.environ['REDIS_URL']} (data in .run/redis, append-only)")
+        os.environ["REDIS_URL"], _ = start_private_redis(root, processes)
+        print(f"private Redis at {os.environ['REDIS_URL']} (data in {root / '.run' / 'redis'}, append-only)")
     os.environ["FEEDBACK_KEYS_DIR"] = str(keys_dir)
-    base = os.environ.setdefault("FEEDBACK_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    base = os.environ.setdefault("FEEDBACK_PUBLIC_URL", public_base(host, port))
     print(
-        f"\nfeedback-tokens on {base}\n"
+        f"\nfeedback-tokens on {base}" + (f" (demo: {base}/demo)" if demo else "") + "\n"
         f"development API key: {api_key}\n\n"
         "try:\n"
         f"  curl -s -X POST {base}/api/v1/feedback/tokens -H 'X-API-Key: {api_key}' \\\n"
@@ -93,13 +256,4 @@ def run_dev(root: Path, port: int) -> int:
         f"       -d '{{\"run_id\": \"{uuid.uuid4()}\", \"feedback_key\": \"user_score\"}}'\n",
         flush=True,
     )
-    # uvicorn re-raises the SIGTERM it handled once it has shut down; turn that into an exit
-    # so the private Redis below is stopped with us rather than left running.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        uvicorn.run("app.main:app", host="127.0.0.1", port=port, log_level="info")
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
-    return 0
+    serve(sock)

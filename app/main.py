@@ -21,14 +21,14 @@ from starlette.routing import Route
 from app.clock import Clock
 from app.config import Settings
 from app.errors import FeedbackTokenError, MethodNotAllowed, NotFound
-from app.http import assets, demo, endpoints, openapi
+from app.http import assets, demo, endpoints, info, openapi
 from app.http.middleware import BASE_HEADERS, SecurityHeaders
 from app.http.shutdown import Drain
 from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource, JwksSource, KeySource
-from app.store.connect import RedisVersionError
+from app.store.connect import RedisVersionError, display_url
 from app.store.keyspace import Keyspace
-from app.store.store import Store, redact_url
+from app.store.store import Store
 
 log = logging.getLogger("feedback_tokens")
 _TOKEN_IN_PATH = re.compile(r"(/feedback/tokens/)([A-Za-z0-9_-]{12})[A-Za-z0-9_.=-]{20,}")
@@ -44,6 +44,22 @@ class RedactTokens(logging.Filter):
         if isinstance(record.args, tuple):
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         return True
+
+
+async def start_store(store: Store, url: str) -> None:
+    """Connect the store and say at start-up which Redis this process uses and whether it answered:
+    a wrong REDIS_URL otherwise shows only as 503s on the first requests. A Redis too old for the
+    scripts stops the start (every call would fail); one that does not answer does not."""
+    try:
+        await store.start()
+    except RedisVersionError:
+        raise
+    except RedisError as err:
+        log.warning(
+            "Redis at %s did not answer: %s: %s. Serving anyway: requests that need Redis answer 503 "
+            "and /readyz reports not ready until it does (check REDIS_URL)",
+            display_url(url), type(err).__name__, err,
+        )
 
 
 def problem(err: FeedbackTokenError) -> JSONResponse:
@@ -147,13 +163,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await keys.start()
-        try:
-            await store.start()
-        except RedisVersionError:
-            raise  # refuse to start: the scripts would fail on every call
-        except RedisError as err:
-            log.error("Redis at %s did not answer at start-up (%s: %s); not ready until it does",
-                      redact_url(settings.redis_url), type(err).__name__, err)
+        await start_store(store, settings.redis_url)
         drain.install()
         # Everything loaded so far (modules, the app, keys) lives as long as the process: keep it
         # out of the collector's full passes, which otherwise pause a worker for 20-30 ms a few
@@ -178,7 +188,9 @@ def create_app(
         # Token URLs: <jwt>/<token id> (the id last, where the LangSmith SDK looks for it).
         Route("/api/v1/feedback/tokens/{token}/{token_id}", endpoints.token_path, methods=["GET", "HEAD", "POST"]),
         Route("/api/v1/feedback/tokens/{token}/{token_id}/info", endpoints.token_info, methods=["GET"]),
+        Route("/api/v1/info", info.endpoint, methods=["GET"]),
         Route("/widget.js", assets.widget, methods=["GET"]),
+        Route("/favicon.ico", assets.favicon, methods=["GET"]),
         Route("/.well-known/jwks.json", endpoints.jwks, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),

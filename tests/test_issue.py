@@ -183,6 +183,19 @@ def test_max_ttl_is_configurable(make_app):
     assert client.post(TOKENS, json=_body(expires_in={"hours": 1}), headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("max_ttl", "said"),
+    [(30 * 86400, "30 days"), (3600, "1 hour"), (5400, "90 minutes"), (86401, "86401 seconds")],
+)
+def test_over_the_maximum_lifetime_says_it_in_words(make_app, clock, max_ttl, said):
+    client = make_app(max_ttl=max_ttl, default_ttl=60)
+    body = _problem(client.post(TOKENS, json=_body(expires_in={"days": 31}), headers=AUTH), 422, "invalid_request")
+    assert body["detail"] == f"expires_in is longer than the maximum of {said}"
+    too_late = datetime.fromtimestamp(clock.now() + max_ttl + 120, UTC).isoformat()
+    body = _problem(client.post(TOKENS, json=_body(expires_at=too_late), headers=AUTH), 422, "invalid_request")
+    assert body["detail"] == f"expires_at is more than {said} ahead (the maximum)"
+
+
 def test_token_over_2000_characters_is_refused(client):
     categories = [{"value": i, "label": f"category label number {i}"} for i in range(100)]
     body = _problem(

@@ -90,8 +90,8 @@ def publishes(node: LiveServer, kid: str) -> bool:
 
 
 def refuses(node: LiveServer, token: str) -> bool:
-    # HEAD says whether a token would verify, without consuming it.
-    return httpx.head(f"{node.url}{TOKENS}/{token}").status_code == 401
+    # HEAD on a link answers what GET would (401 for a token that no longer verifies), consuming nothing.
+    return httpx.head(f"{node.url}{TOKENS}/{token}", params={"score": "1"}).status_code == 401
 
 
 def test_rotation_under_load_fails_no_submission(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -141,10 +142,13 @@ def test_tampered_token_is_401(client, issue, redis_server):
 
 
 def test_expired_token_is_410(client, issue, clock, redis_server):
-    token = token_of(issue(expires_in={"minutes": 5}))
+    answer = issue(expires_in={"minutes": 5})
     clock.advance(5 * 60 + 31)  # past expiry plus the 30 s leeway
-    _problem(client.post(f"{TOKENS}/{token}", json={"score": 1}), 410, "token_expired")
+    body = _problem(client.post(f"{TOKENS}/{token_of(answer)}", json={"score": 1}), 410, "token_expired")
     assert stream_entries(redis_server) == []
+    # The expiry in the same ISO 8601 form as every other answer, not a raw Unix time.
+    assert answer["expires_at"] in body["detail"]
+    assert not re.search(r"\d{9,}", body["detail"]), body["detail"]
 
 
 def test_revoked_token_is_410(client, issue, redis_server):

@@ -17,6 +17,14 @@ FIELDS = frozenset({"run_id", "feedback_key", "expires_in", "expires_at", "feedb
 # Ours, beyond LangSmith's (app/domain/policy.py): each optional, null meaning the default.
 POLICY_FIELDS = frozenset({"use", "max_uses", "confirm", "redirect_url"})
 _DELTA_FIELDS = {"days": 86400, "hours": 3600, "minutes": 60}
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def duration(seconds: int) -> str:
+    """``2592000`` as "30 days": the largest unit that divides it exactly, as a person says it."""
+    name, size = next((name, size) for name, size in _UNITS if seconds % size == 0)
+    count = seconds // size
+    return f"{count} {name}{'' if count == 1 else 's'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +116,12 @@ def parse_one(
         if at <= now:
             raise ValueError("expires_at is in the past")
         if at - now > max_ttl:
-            raise ValueError(f"expires_at is more than {max_ttl} seconds ahead (the maximum)")
+            raise ValueError(f"expires_at is more than {duration(max_ttl)} ahead (the maximum)")
         expiry = math.floor(at)
     else:
         ttl = default_ttl if expires_in is None else _expires_in(expires_in)
         if ttl > max_ttl:
-            raise ValueError(f"expires_in is longer than the maximum of {max_ttl} seconds")
+            raise ValueError(f"expires_in is longer than the maximum of {duration(max_ttl)}")
         expiry = math.floor(now) + ttl
     config = None
     if raw.get("feedback_config") is not None:

@@ -1,4 +1,4 @@
-"""Files served as they are from ``app/http/static``: the widget, and the demo's page and script."""
+"""Files served as they are from ``app/http/static``: the widget, the favicon, and the demo's page and script."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from starlette.responses import Response
 STATIC = Path(__file__).resolve().parent / "static"
 # The widget's URL carries no version: an hour of caching, then a cheap revalidation by ETag.
 WIDGET_CACHE = "public, max-age=3600"
+# Browsers ask every page's origin for /favicon.ico; a 404 is a console error on every page.
+FAVICON_CACHE = "public, max-age=86400"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +42,7 @@ async def widget(request: Request) -> Response:
     asset = load("widget.js", "text/javascript; charset=utf-8", WIDGET_CACHE)
     # Any page may load it, also one isolated with Cross-Origin-Embedder-Policy.
     return asset.response(request, {"Cross-Origin-Resource-Policy": "cross-origin"})
+
+
+async def favicon(request: Request) -> Response:
+    return load("favicon.ico", "image/x-icon", FAVICON_CACHE).response(request)

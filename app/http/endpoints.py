@@ -165,9 +165,10 @@ async def submit_form(request: Request, token: str, token_id: str | None) -> Res
 
 
 async def submit_get(request: Request) -> Response:
-    """A link click. HEAD and prefetches never consume: HEAD only says whether the token would
-    verify. A token issued with ``confirm`` shows a confirmation page and records nothing; so does
-    a browser's visit to a link without an answer (a picker). Only the POST from either records."""
+    """A link click. HEAD and prefetches never consume: HEAD answers what GET would (status and
+    headers: 410 revoked, 409 used, 401 not ours...) and records nothing. A token issued with
+    ``confirm`` shows a confirmation page and records nothing; so does a browser's visit to a
+    link without an answer (a picker). Only the POST from either records."""
     token, token_id = _token(request)
     svc = service(request)
     if policy.is_prefetch(request.headers):
@@ -178,9 +179,6 @@ async def submit_get(request: Request) -> Response:
     html = pages.wants_html(request)
     lang = pages.language(request)
     try:
-        if request.method == "HEAD":
-            await svc.resolve(token, token_id)
-            return Response(status_code=200, media_type="text/html" if html else "application/json")
         if len(str(request.url.query)) > feedback.BODY_CAP:
             raise BodyTooLarge(f"the query may be at most {feedback.BODY_CAP} bytes")
         params = request.query_params.multi_items()
@@ -202,6 +200,11 @@ async def submit_get(request: Request) -> Response:
                 if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
                     redirect_origin = policy.origin(claims.redirect_url or "")
                 return pages.confirm_page(claims, submission, request.url.path, lang, redirect_origin)
+        elif request.method == "HEAD":  # what GET would answer, recording nothing
+            submission.check(claims.config)
+            outcome = await svc.preview(claims, submission)
+            if outcome is None:
+                return _would_record(svc, claims, html, lang)
         else:
             outcome = await svc.record(claims, submission)
     except FeedbackTokenError as err:
@@ -209,6 +212,15 @@ async def submit_get(request: Request) -> Response:
             raise
         return _error_page(err, lang)
     return _recorded(svc, claims, outcome, html, lang)
+
+
+def _would_record(svc: FeedbackService, claims: TokenClaims, html: bool, lang: str) -> Response:
+    """HEAD where GET would record: GET's status and content type (the body is never sent)."""
+    if not html:
+        return Response(status_code=200, media_type="application/json")
+    if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
+        return pages.redirect(claims.redirect_url or "")
+    return pages.outcome_page("thanks", 200, lang=lang)
 
 
 def _error_page(err: FeedbackTokenError, lang: str) -> Response:

@@ -423,6 +423,39 @@ DOCUMENT: dict[str, Any] = {
                 },
             },
         },
+        "/api/v1/info": {
+            "get": {
+                "summary": "What the LangSmith SDKs read about a server: this service's version, no flags",
+                "responses": {
+                    "200": {
+                        "description": "`batch_ingest_config.use_multipart_endpoint` is false: this service "
+                        "takes no runs.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": [
+                                        "version", "license_expiration_time", "instance_flags", "batch_ingest_config",
+                                    ],
+                                    "properties": {
+                                        "version": {"type": "string"},
+                                        "license_expiration_time": {"type": "null"},
+                                        "instance_flags": {"type": "object"},
+                                        "batch_ingest_config": {"type": "object"},
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/favicon.ico": {
+            "get": {
+                "summary": "The service's icon (cacheable)",
+                "responses": {"200": {"description": "An icon.", "content": {"image/x-icon": {}}}},
+            }
+        },
         "/widget.js": {
             "get": {
                 "summary": "The embeddable feedback widget (JavaScript, no dependencies)",

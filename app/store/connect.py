@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -69,6 +70,19 @@ async def connect(
     if cluster:
         return RedisCluster.from_url(url, max_connections=pool_size, **_common(timeout))
     return aioredis.Redis.from_url(url, max_connections=pool_size, health_check_interval=30, **_common(timeout))
+
+
+def display_url(url: str) -> str:
+    """A Redis URL as logs may show it: any password replaced by stars."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def version_of(info: dict[str, object]) -> tuple[int, ...]:

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -28,22 +27,30 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.errors import StoreUnavailable
 from app.store import scripts
 from app.store.batching import Batcher
-from app.store.connect import Client, ClusterMode, check_version, connect, discover_streams, max_shards_used
+from app.store.connect import (
+    Client,
+    ClusterMode,
+    check_version,
+    connect,
+    discover_streams,
+    display_url,
+    max_shards_used,
+)
 from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
 
 log = logging.getLogger("feedback_tokens.store")
 T = TypeVar("T")
 
-# What each operation is called in answers and logs.
+# What each ``Store._call`` was doing, in the words a 503's detail uses.
 OPERATIONS = {
+    "ping": "checking Redis",
     "issue": "issuing tokens",
-    "submit": "recording a submission",
-    "lookup": "looking up a token by id",
-    "state": "reading a token's state",
-    "list": "listing a run's tokens",
-    "revoke": "revoking a token",
+    "submit": "recording the submission",
+    "lookup": "looking up the token id",
+    "state": "reading the token's state",
     "recent": "reading recent feedback",
-    "ping": "reaching Redis",
+    "revoke": "revoking the token",
+    "list": "listing the run's tokens",
 }
 
 
@@ -102,6 +109,8 @@ class RunFull(Exception):
     def __init__(self, run_key: str, live: int) -> None:
         super().__init__(run_key)
         self.run_key, self.live = run_key, live
+
+
 
 
 class Store:
@@ -181,7 +190,7 @@ class Store:
         self.version = await check_version(self.redis)
         self.max_shards = await max_shards_used(self.redis, self.keyspace)
         kind = "Redis Cluster" if self.cluster else "Redis"
-        log.info("%s at %s answered (version %s)", kind, redact_url(self.url), ".".join(map(str, self.version)))
+        log.info("%s at %s answered (version %s)", kind, display_url(self.url), ".".join(map(str, self.version)))
 
     async def ensure_started(self) -> None:
         """``start`` again if it has not succeeded yet (Redis was down when the node started)."""
@@ -430,14 +439,6 @@ class Store:
 
     async def streams(self) -> list[str]:
         return await self._call("ping", lambda: discover_streams(self.redis, self.keyspace))
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-    return url
 
 
 def _text(value: Any) -> str:
