@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from app.config import Settings
-from app.keys.keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
+from app.keys.key import ALGORITHMS, DEFAULT_ALG, KeyringError
+from app.keys.keyring import KeyringDir
 
 
 def _keys_dir(args: argparse.Namespace) -> KeyringDir:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import redis
 
-from app.keys.keyring import DEFAULT_ALG, KeyringDir
+from app.keys.key import DEFAULT_ALG
+from app.keys.keyring import KeyringDir
 
 
 def _dev_api_key(root: Path) -> str:

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.hashes import SHA256, SHA384
 
 from app.domain import tokens
 from app.errors import TokenInvalid
-from app.keys.keyring import Key, KeyringDir
+from app.keys.key import Key
+from app.keys.keyring import KeyringDir
 
 TYP = tokens.TOKEN_TYPE
 AUTH = {"X-API-Key": API_KEY}
@@ -73,9 +74,9 @@ def shared_ring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ring]:
     and a retired EdDSA key whose private half we kept, as a leaked key would be."""
     path = tmp_path_factory.mktemp("forgery") / "keys"
     directory = KeyringDir(path)
-    directory.init()
+    directory.init("EdDSA")
     es_kid = directory.new("ES256")
-    old_kid = directory.new()
+    old_kid = directory.new("EdDSA")
     retired = directory.load().keys[old_kid]
     directory.retire(old_kid)
     loaded = directory.load()

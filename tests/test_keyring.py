@@ -17,7 +17,8 @@ from keysync import sync_public
 from starlette.testclient import TestClient
 
 from app.clock import FrozenClock
-from app.keys.keyring import KeyringDir, KeyringError
+from app.keys.key import KeyringError
+from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource
 
 AUTH = {"X-API-Key": API_KEY}
@@ -107,7 +108,7 @@ def test_refused_transitions_leave_the_keyring_unchanged(keys_dir: Path, tmp_pat
     _refused(ring, lambda: ring.activate(gone), "is retired and a retired key never comes back")
     _refused(ring, lambda: ring.activate("nope"), "no key 'nope' in the keyring")
     _refused(ring, lambda: ring.retire("nope"), "no key 'nope' in the keyring")
-    _refused(ring, lambda: ring.new("HS256"), "unsupported algorithm")  # type: ignore[arg-type]
+    _refused(ring, lambda: ring.new("RS256"), "unsupported algorithm")  # type: ignore[arg-type]
     # A public-only copy holds no private key to sign with.
     public = tmp_path / "public"
     pending = ring.new()

@@ -133,14 +133,14 @@ def test_forced_retire_of_the_signer_is_the_emergency_stop(keys_dir: Path) -> No
 
 def test_list_is_a_readable_table(keys_dir: Path, tmp_path: Path) -> None:
     signer = active_kid(keys_dir)
-    pending = ok(keys(keys_dir, "new", "--alg", "ES256")).strip()
+    pending = ok(keys(keys_dir, "new", "--alg", "EdDSA")).strip()
     gone = ok(keys(keys_dir, "new")).strip()
     ok(keys(keys_dir, "retire", gone))
     lines = ok(keys(keys_dir, "list")).splitlines()
     assert lines[0].split() == ["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "SIGNED", "UNTIL", "HERE"]
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert rows[signer].split()[1:3] == ["EdDSA", "active"] and rows[signer].endswith("private key (signs)")
-    assert rows[pending].split()[1:3] == ["ES256", "pending"] and rows[pending].endswith("private key")
+    assert rows[signer].split()[1:3] == ["ES256", "active"] and rows[signer].endswith("private key (signs)")
+    assert rows[pending].split()[1:3] == ["EdDSA", "pending"] and rows[pending].endswith("private key")
     assert rows[gone].split()[2] == "retired" and rows[gone].endswith("public key only")
     # Columns line up: every row's STATE starts where the header's does.
     column = lines[0].index("STATE")
@@ -161,7 +161,7 @@ def test_list_warns_about_a_private_key_others_can_read(keys_dir: Path) -> None:
 
 def test_jwks_has_pending_and_active_public_keys_only(keys_dir: Path) -> None:
     active = active_kid(keys_dir)
-    pending = ok(keys(keys_dir, "new", "--alg", "ES256")).strip()
+    pending = ok(keys(keys_dir, "new", "--alg", "EdDSA")).strip()
     gone = ok(keys(keys_dir, "new")).strip()
     ok(keys(keys_dir, "retire", gone))
     jwks = json.loads(ok(keys(keys_dir, "jwks")))
@@ -170,10 +170,10 @@ def test_jwks_has_pending_and_active_public_keys_only(keys_dir: Path) -> None:
     for jwk in jwks["keys"]:
         assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & set(jwk)  # never private material
         assert jwk["use"] == "sig"
-    assert {k: by_kid[active][k] for k in ("kty", "crv", "alg")} == {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
-    assert {k: by_kid[pending][k] for k in ("kty", "crv", "alg")} == {"kty": "EC", "crv": "P-256", "alg": "ES256"}
-    assert set(by_kid[active]) == {"kty", "crv", "x", "kid", "alg", "use"}
-    assert set(by_kid[pending]) == {"kty", "crv", "x", "y", "kid", "alg", "use"}
+    assert {k: by_kid[active][k] for k in ("kty", "crv", "alg")} == {"kty": "EC", "crv": "P-256", "alg": "ES256"}
+    assert {k: by_kid[pending][k] for k in ("kty", "crv", "alg")} == {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
+    assert set(by_kid[active]) == {"kty", "crv", "x", "y", "kid", "alg", "use"}
+    assert set(by_kid[pending]) == {"kty", "crv", "x", "kid", "alg", "use"}
     # Each published key verifies what its private half signs, in an independent verifier.
     ring = KeyringDir(keys_dir).load()
     for kid, jwk in by_kid.items():

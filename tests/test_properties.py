@@ -22,7 +22,8 @@ from app.domain import feedback, tokens
 from app.domain.feedback import FeedbackConfig
 from app.domain.tokens import TokenClaims
 from app.errors import InvalidBody, InvalidFeedback, TokenInvalid
-from app.keys.keyring import Key, Keyring, KeyringDir
+from app.keys.key import Key
+from app.keys.keyring import Keyring, KeyringDir
 from app.store.store import encode_field
 
 AUTH = {"X-API-Key": API_KEY}
@@ -39,7 +40,7 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keyring]:
     path = tmp_path_factory.mktemp("properties") / "keys"
     directory = KeyringDir(path)
     directory.init()
-    directory.new("ES256")  # pending: verifies
+    directory.new("EdDSA")  # pending: verifies
     return path, directory.load()
 
 
