@@ -41,6 +41,7 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keyring]:
     directory = KeyringDir(path)
     directory.init()
     directory.new("EdDSA")  # pending: verifies
+    directory.new("HS256")  # pending: verifies
     return path, directory.load()
 
 
@@ -123,7 +124,7 @@ def equivalent(original: str, other: str) -> bool:
 
 
 @UNIT
-@given(data=st.data(), alg=st.sampled_from(["EdDSA", "ES256"]))
+@given(data=st.data(), alg=st.sampled_from(["EdDSA", "ES256", "HS256"]))
 def test_mutated_tokens_verify_only_if_nothing_signed_changed(ring, data, alg):
     _, keyring = ring
     key = next(k for k in keyring.keys.values() if k.alg == alg)
