@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.keys.keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
+from app.keys.key import ALGORITHMS, DEFAULT_ALG, KeyringError
+from app.keys.keyring import KeyringDir
 
 
 def _keys_dir(args: argparse.Namespace) -> KeyringDir:
@@ -37,7 +38,7 @@ def _list(ring: KeyringDir) -> int:
     for e in entries:
         kid, state = e["kid"], e["state"]
         if ring.private_path(kid).exists():
-            here = "private key" + (" (signs)" if state == "active" else "")
+            here = ("secret" if e["alg"] == "HS256" else "private key") + (" (signs)" if state == "active" else "")
         elif ring.public_path(kid).exists():
             here = "public key only"
         else:
@@ -66,16 +67,46 @@ def _list(ring: KeyringDir) -> int:
     return 1 if problems else 0
 
 
+def _jwks(ring: KeyringDir) -> dict[str, Any]:
+    """The JWK Set for verify-only nodes, refused while an HS256 key signs: nothing that
+    verifies with a JWK Set could verify the tokens being issued (HS256 keys are never in it)."""
+    keyring = ring.load()
+    active = keyring.active
+    if active is not None and not active.published:
+        raise KeyringError(
+            f"the active key {active.kid} is {active.alg}, a shared secret that is never published: nodes "
+            "verifying with this JWK Set could verify none of the tokens issued now. Verify-only nodes can't "
+            "be used while an HS256 key signs; give every node the whole keyring, or activate an ES256 key"
+        )
+    for key in keyring.keys.values():
+        if key.verifies and not key.published:
+            print(
+                f"warning: pending key {key.kid} is {key.alg} and not in this set: once it is activated, "
+                "nodes verifying with this set can verify none of its tokens",
+                file=sys.stderr,
+            )
+    return keyring.jwks()
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     ring = _keys_dir(args)
     if args.action == "new":
         pending = ring.new(args.alg)
         print(pending)  # alone on stdout, for KID=$(feedback-tokens keys new)
-        print(
-            f"{pending} is pending: it verifies and is published, and doesn't sign. Let every node see "
-            f"it (one reload interval; sync verify-only keyrings first), then: keys activate {pending}",
-            file=sys.stderr,
-        )
+        if args.alg == "HS256":
+            print(
+                f"{pending} is pending: it verifies and doesn't sign. It is HS256, a shared secret: never "
+                f"published, so copy {ring.private_path(pending).name} (mode 600) to every node that verifies, "
+                "and know that each of them can also sign tokens; public-only keyrings and FEEDBACK_JWKS_URL "
+                f"nodes can't verify its tokens. Once every node has it: keys activate {pending}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"{pending} is pending: it verifies and is published, and doesn't sign. Let every node see "
+                f"it (one reload interval; sync verify-only keyrings first), then: keys activate {pending}",
+                file=sys.stderr,
+            )
     elif args.action == "activate":
         previous = ring.activate(args.kid)
         print(
@@ -83,6 +114,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
             + (f"; {previous} is pending again: it verifies the tokens it signed until you retire it "
                "(wait the longest token lifetime first)" if previous else "")
         )
+        if ring.load().keys[args.kid].alg == "HS256":
+            print(
+                f"note: {args.kid} is HS256: only nodes holding its secret verify the tokens issued from now "
+                "on, and `keys jwks` refuses while it signs",
+                file=sys.stderr,
+            )
     elif args.action == "retire":
         lifetime = args.token_lifetime if args.token_lifetime is not None else _default_lifetime()
         was = ring.retire(args.kid, force=args.force, token_lifetime=lifetime)
@@ -98,7 +135,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     elif args.action == "list":
         return _list(ring)
     elif args.action == "jwks":
-        print(json.dumps(ring.load().jwks(), indent=2))
+        print(json.dumps(_jwks(ring), indent=2))
     return 0
 
 
@@ -133,6 +170,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(Path(args.root), args.port, args.host, args.demo)
 
 
+_ALG_HELP = (
+    f"signing algorithm (default {DEFAULT_ALG}). HS256 is a shared secret: ~30x cheaper to verify, never "
+    "published, and every node that verifies its tokens can also sign them"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feedback-tokens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage the signing keyring (FEEDBACK_KEYS_DIR)")
     keys.add_argument("--dir", help="keyring directory (default: $FEEDBACK_KEYS_DIR or keys/)")
     actions = keys.add_subparsers(dest="action", required=True)
-    new = actions.add_parser("new", help="create a pending key (it verifies, never signs)")
-    new.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALG)
+    new = actions.add_parser(
+        "new", help="create a pending key (it verifies, never signs); HS256 only for fleets where every node may sign"
+    )
+    new.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALG, help=_ALG_HELP)
     actions.add_parser("activate", help="make a pending key the signer").add_argument("kid")
     retire = actions.add_parser("retire", help="retire a key: its tokens stop verifying")
     retire.add_argument("kid")
@@ -167,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $FEEDBACK_MAX_TTL + $FEEDBACK_LEEWAY)",
     )
     init = actions.add_parser("init", help="create and activate a key if the keyring is empty")
-    init.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALG)
+    init.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALG, help=_ALG_HELP)
     actions.add_parser("list", help="list keys and their states; warns (exit 1) about problems")
-    actions.add_parser("jwks", help="print the JWK Set (pending and active public keys)")
+    actions.add_parser(
+        "jwks", help="print the JWK Set (pending and active public keys; refused while an HS256 key signs)"
+    )
     keys.set_defaults(func=cmd_keys)
 
     dev = sub.add_parser("dev", help="development server: private Redis, key, API key (make run)")

@@ -31,7 +31,8 @@ from typing import Any
 
 import redis
 
-from app.keys.keyring import DEFAULT_ALG, KeyringDir
+from app.keys.key import DEFAULT_ALG
+from app.keys.keyring import KeyringDir
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

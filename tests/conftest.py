@@ -2,7 +2,7 @@
 
 - ``redis_server``: one Redis for the session, flushed before each test that uses it.
 - ``redis_factory``: start private Redis servers that a test may stop, restart or configure.
-- ``keys_dir``: a keyring directory with one active EdDSA key.
+- ``keys_dir``: a keyring directory with one active key of the default algorithm (ES256).
 - ``make_app`` / ``client``: the app (``create_app``) behind Starlette's TestClient, lifespan run.
 - ``live_server``: the app under uvicorn in a subprocess, for concurrency and multi-node tests.
 """

@@ -16,6 +16,8 @@ import layout
 import pytest
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
 
+pytest_plugins = ["support_keys"]  # every test here runs on an ES256 and on an HS256 keyring
+
 AUTH = {"X-API-Key": API_KEY}
 JSON = {"Content-Type": "application/json"}
 KIB = 1024
@@ -140,8 +142,8 @@ CONTENT_TYPES_OK = [None, "application/json", "application/json; charset=utf-8",
 
 
 @pytest.fixture
-def keys_dir(shared_keys: Path) -> Path:
-    return shared_keys  # no test here changes the keyring: one for the module
+def keys_dir(signing_keys: Path) -> Path:
+    return signing_keys  # no test here changes the keyring: one for the module (and algorithm)
 
 
 @pytest.fixture
@@ -396,9 +398,9 @@ def test_list_and_revoke_refuse_bad_parameters(client, redis_server):
 
 
 @pytest.fixture(scope="module")
-def live(shared_keys: Path) -> Iterator[tuple[LiveServer, RedisServer]]:
+def live(signing_keys: Path) -> Iterator[tuple[LiveServer, RedisServer]]:
     own = RedisServer().start()
-    server = LiveServer({"REDIS_URL": own.url, "FEEDBACK_KEYS_DIR": str(shared_keys), "FEEDBACK_API_KEYS": API_KEY})
+    server = LiveServer({"REDIS_URL": own.url, "FEEDBACK_KEYS_DIR": str(signing_keys), "FEEDBACK_API_KEYS": API_KEY})
     try:
         yield server, own
     finally:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 import pytest
-from conftest import API_KEY, live_env, stream_entries
+from conftest import API_KEY, live_env, stream_entries, token_of
 from langsmith import Client as LangSmithClient
 from langsmith.utils import LangSmithError
 
 from app.client import Client, FeedbackTokensError
+from app.domain.tokens import b64decode
+
+pytest_plugins = ["support_keys"]  # every test here runs on an ES256 and on an HS256 keyring
+
+
+@pytest.fixture
+def keys_dir(signing_keys):
+    return signing_keys  # no test here changes the keyring
 
 
 @pytest.fixture
@@ -82,13 +91,14 @@ def test_langsmith_lists_more_than_a_page(langsmith):
     assert sorted(map(str, listed)) == sorted(map(str, made)) and len(listed) == 150
 
 
-def test_own_client_by_url_jwt_and_id(server, redis_server):
+def test_own_client_by_url_jwt_and_id(server, redis_server, signing_alg):
     with Client(server.url, api_key=API_KEY) as admin, Client(server.url) as public:
         run_id = uuid.uuid4()
         first = admin.create_presigned_feedback_token(run_id, "by_url")
         second, third = admin.create_presigned_feedback_tokens(run_id, ["by_jwt", "by_id"])
         assert public.create_feedback_from_token(first["url"], score=1)["duplicate"] is False
-        jwt = second["url"].rsplit("/", 1)[1]
+        jwt = token_of(second)
+        assert json.loads(b64decode(jwt.split(".")[0]))["alg"] == signing_alg  # the keyring this run is on
         assert public.create_feedback_from_token(jwt, value="yes")["feedback_key"] == "by_jwt"
         assert public.create_feedback_from_token(third["id"], comment="c")["feedback_key"] == "by_id"
         assert public.create_feedback_from_token(third["id"], comment="c")["duplicate"] is True

@@ -4,6 +4,10 @@ Every case here is a token this service never issued. Most are signed with the *
 key, so that only the check under test stands between the token and acceptance; a control case
 built by the same helper with nothing wrong with it is accepted, which shows the helper builds
 tokens that would otherwise pass.
+
+The whole module runs twice: with an ES256 signer (the default) and with an HS256 signer (a
+shared secret). Beside the signer, the keyring holds a pending key of each algorithm (EdDSA,
+ES256, HS256), so that confusing one algorithm's key with another's is tried both ways.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from cryptography.hazmat.primitives.hashes import SHA256, SHA384
 
 from app.domain import tokens
 from app.errors import TokenInvalid
-from app.keys.keyring import Key, KeyringDir
+from app.keys.key import Key
+from app.keys.keyring import KeyringDir
+
+pytest_plugins = ["support_keys"]
 
 TYP = tokens.TOKEN_TYPE
 AUTH = {"X-API-Key": API_KEY}
@@ -59,29 +66,33 @@ def es_raw(private: ec.EllipticCurvePrivateKey, data: bytes, hash_alg: Any, size
 class Ring:
     """The keyring the app runs with, and what an attacker may hold."""
 
-    active: Key  # EdDSA, signs
+    active: Key  # of ``signing_alg`` (ES256 or HS256), signs
+    ed: Key  # EdDSA, pending: verifies, never signs
     es: Key  # ES256, pending: verifies, never signs
-    retired: Key  # EdDSA, retired after it signed a token
+    hs: Key  # HS256, pending: verifies, never signs
+    retired: Key  # of ``signing_alg``, retired after it signed a token
     jwks: dict[str, Any]
     payload: dict[str, Any]  # the claims of a freshly issued token
     now: float
 
 
 @pytest.fixture(scope="module")
-def shared_ring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ring]:
-    """One keyring for the module (no test changes it): an active EdDSA key, a pending ES256 key
-    and a retired EdDSA key whose private half we kept, as a leaked key would be."""
-    path = tmp_path_factory.mktemp("forgery") / "keys"
+def shared_ring(tmp_path_factory: pytest.TempPathFactory, signing_alg: str) -> tuple[Path, Ring]:
+    """One keyring for the module (no test changes it): an active key of ``signing_alg``, a
+    pending key of each algorithm, and a retired key of ``signing_alg`` whose private half (or
+    secret) we kept, as a leaked key would be."""
+    path = tmp_path_factory.mktemp(f"forgery-{signing_alg}") / "keys"
     directory = KeyringDir(path)
-    directory.init()
-    es_kid = directory.new("ES256")
-    old_kid = directory.new()
+    directory.init(signing_alg)  # type: ignore[arg-type]
+    ed_kid, es_kid, hs_kid = directory.new("EdDSA"), directory.new("ES256"), directory.new("HS256")
+    old_kid = directory.new(signing_alg)  # type: ignore[arg-type]
     retired = directory.load().keys[old_kid]
     directory.retire(old_kid)
     loaded = directory.load()
     active = loaded.signer
-    assert active is not None and old_kid not in loaded.keys
-    return path, Ring(active, loaded.keys[es_kid], retired, loaded.jwks(), {}, 0.0)
+    assert active is not None and active.alg == signing_alg and old_kid not in loaded.keys
+    keys = loaded.keys
+    return path, Ring(active, keys[ed_kid], keys[es_kid], keys[hs_kid], retired, loaded.jwks(), {}, 0.0)
 
 
 @pytest.fixture
@@ -124,6 +135,11 @@ def hs(secret: bytes, digest: Any = hashlib.sha256) -> Callable[[bytes], bytes]:
     return lambda data: hmac.new(secret, data, digest).digest()
 
 
+def secret_of(key: Key) -> bytes:
+    assert key.secret is not None
+    return key.secret
+
+
 def public_forms(key: Key, jwks: dict[str, Any]) -> dict[str, bytes]:
     """Every spelling of a public key that an HS256 confusion attack might use as the secret."""
     pub = key.public_key
@@ -149,6 +165,16 @@ ATTACKER_P256 = ec.generate_private_key(ec.SECP256R1())
 ATTACKER_P384 = ec.generate_private_key(ec.SECP384R1())
 ATTACKER_P521 = ec.generate_private_key(ec.SECP521R1())
 ATTACKER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+ATTACKER_SECRET = b"attacker-chosen HMAC secret, 32+ bytes long"
+
+
+def attacker(alg: str) -> Callable[[bytes], bytes]:
+    """A valid signature under ``alg`` by a key the attacker made."""
+    return {
+        "EdDSA": ATTACKER_ED.sign,
+        "ES256": lambda d: es_raw(ATTACKER_P256, d, SHA256(), 32),
+        "HS256": hs(ATTACKER_SECRET),
+    }[alg]
 
 
 def attacker_jwk() -> dict[str, Any]:
@@ -189,38 +215,112 @@ def _alg_cases() -> dict[str, Case]:
         ),
         # the right family, the wrong key: each key's own algorithm is pinned
         "alg-EdDSA-header-on-ES256-key": lambda fx: forge(hdr(fx.es, alg="EdDSA"), claims(fx), ATTACKER_ED.sign),
-        "alg-EdDSA-header-on-ES256-key-signed-by-active": lambda fx: forge(
-            hdr(fx.es, alg="EdDSA"), claims(fx), fx.active.sign
+        "alg-EdDSA-header-on-ES256-key-signed-by-ed-key": lambda fx: forge(
+            hdr(fx.es, alg="EdDSA"), claims(fx), fx.ed.sign
         ),
         "alg-ES256-header-on-EdDSA-key": lambda fx: forge(
-            hdr(fx.active, alg="ES256"), claims(fx), lambda d: es_raw(ATTACKER_P256, d, SHA256(), 32)
+            hdr(fx.ed, alg="ES256"), claims(fx), lambda d: es_raw(ATTACKER_P256, d, SHA256(), 32)
         ),
         "alg-ES256-header-on-EdDSA-key-signed-by-es-key": lambda fx: forge(
-            hdr(fx.active, alg="ES256"), claims(fx), fx.es.sign
+            hdr(fx.ed, alg="ES256"), claims(fx), fx.es.sign
         ),
-        # a valid signature of the real key under an algorithm name we don't issue
-        "alg-Ed25519-name-real-signature": lambda fx: forge(hdr(fx.active, alg="Ed25519"), claims(fx), real(fx)),
-        "alg-eddsa-lowercase-real-signature": lambda fx: forge(hdr(fx.active, alg="eddsa"), claims(fx), real(fx)),
-        "alg-list-real-signature": lambda fx: forge(hdr(fx.active, alg=["EdDSA"]), claims(fx), real(fx)),
+        # a valid signature of a real key under an algorithm name we don't issue
+        "alg-Ed25519-name-real-signature": lambda fx: forge(hdr(fx.ed, alg="Ed25519"), claims(fx), fx.ed.sign),
+        "alg-eddsa-lowercase-real-signature": lambda fx: forge(hdr(fx.ed, alg="eddsa"), claims(fx), fx.ed.sign),
+        "alg-lowercase-real-signature": lambda fx: forge(
+            hdr(fx.active, alg=fx.active.alg.lower()), claims(fx), real(fx)
+        ),
+        "alg-list-real-signature": lambda fx: forge(hdr(fx.active, alg=[fx.active.alg]), claims(fx), real(fx)),
         "alg-null-real-signature": lambda fx: forge(hdr(fx.active, alg=None), claims(fx), real(fx)),
-        "alg-Ed448-signature": lambda fx: forge(hdr(fx.active), claims(fx), ATTACKER_ED448.sign),
+        "alg-Ed448-signature": lambda fx: forge(hdr(fx.ed), claims(fx), ATTACKER_ED448.sign),
     }
-    # HS256/384/512 with the public key as the HMAC secret (algorithm confusion), for both keys
-    for which in ("active", "es"):
-        raw_form = "raw" if which == "active" else "point"  # Ed25519's 32 bytes, P-256's point
+    # HS256/384/512 with the public key as the HMAC secret (algorithm confusion), for both
+    # asymmetric algorithms
+    for which in ("ed", "es"):
+        raw_form = "raw" if which == "ed" else "point"  # Ed25519's 32 bytes, P-256's point
         for form in ("pem", "der", "openssh", "jwk", "jwk-compact", "jwk-x", raw_form):
             cases[f"HS256-{which}-public-{form}"] = lambda fx, which=which, form=form: forge(
                 hdr(getattr(fx, which), alg="HS256"),
                 claims(fx),
                 hs(public_forms(getattr(fx, which), fx.jwks)[form]),
             )
-    cases["HS384-active-public-pem"] = lambda fx: forge(
-        hdr(fx.active, alg="HS384"), claims(fx), hs(public_forms(fx.active, fx.jwks)["pem"], hashlib.sha384)
+    cases["HS384-ed-public-pem"] = lambda fx: forge(
+        hdr(fx.ed, alg="HS384"), claims(fx), hs(public_forms(fx.ed, fx.jwks)["pem"], hashlib.sha384)
     )
     cases["HS512-es-public-pem"] = lambda fx: forge(
         hdr(fx.es, alg="HS512"), claims(fx), hs(public_forms(fx.es, fx.jwks)["pem"], hashlib.sha512)
     )
     cases["HS256-empty-secret"] = lambda fx: forge(hdr(fx.active, alg="HS256"), claims(fx), hs(b""))
+    return cases
+
+
+def _hmac_cases() -> dict[str, Case]:
+    """HMAC keys: their algorithm is pinned like any other, both ways, and a MAC is compared
+    whole. The secret is used here only to show that knowing it is not enough under the wrong
+    algorithm, length or input."""
+
+    def mac_token(fx: Ring) -> list[str]:
+        return forge(hdr(fx.hs), claims(fx), fx.hs.sign).split(".")
+
+    def with_mac(change: Callable[[bytes], bytes]) -> Case:
+        def build(fx: Ring) -> str:
+            head, body, sig = mac_token(fx)
+            return f"{head}.{body}.{b64(change(tokens.b64decode(sig)))}"
+
+        return build
+
+    def flip(index: int) -> Callable[[bytes], bytes]:
+        def change(mac: bytes) -> bytes:
+            raw = bytearray(mac)
+            raw[index] ^= 0x80
+            return bytes(raw)
+
+        return change
+
+    cases: dict[str, Case] = {
+        # an asymmetric algorithm named under an HMAC key's kid
+        "hs-key-ES256-header-attacker-p256": lambda fx: forge(hdr(fx.hs, alg="ES256"), claims(fx), attacker("ES256")),
+        "hs-key-ES256-header-signed-by-es-key": lambda fx: forge(hdr(fx.hs, alg="ES256"), claims(fx), fx.es.sign),
+        "hs-key-EdDSA-header-signed-by-ed-key": lambda fx: forge(hdr(fx.hs, alg="EdDSA"), claims(fx), fx.ed.sign),
+        "hs-key-ES256-header-real-mac": lambda fx: forge(hdr(fx.hs, alg="ES256"), claims(fx), fx.hs.sign),
+        "hs-key-EdDSA-header-real-mac": lambda fx: forge(hdr(fx.hs, alg="EdDSA"), claims(fx), fx.hs.sign),
+        "hs-key-none-header": lambda fx: forge(hdr(fx.hs, alg="none"), claims(fx), lambda _: b"\0"),
+        # an HMAC under an asymmetric key's kid, keyed with a real HMAC secret
+        "es-key-HS256-header-real-hs-mac": lambda fx: forge(hdr(fx.es, alg="HS256"), claims(fx), fx.hs.sign),
+        "ed-key-HS256-header-real-hs-mac": lambda fx: forge(hdr(fx.ed, alg="HS256"), claims(fx), fx.hs.sign),
+        # the real secret under another HMAC algorithm, or over other bytes
+        "hs-key-HS384-real-secret": lambda fx: forge(
+            hdr(fx.hs, alg="HS384"), claims(fx), hs(secret_of(fx.hs), hashlib.sha384)
+        ),
+        "hs-key-HS512-real-secret": lambda fx: forge(
+            hdr(fx.hs, alg="HS512"), claims(fx), hs(secret_of(fx.hs), hashlib.sha512)
+        ),
+        "hs-key-HS512-real-secret-truncated-to-32": lambda fx: forge(
+            hdr(fx.hs), claims(fx), lambda d: hs(secret_of(fx.hs), hashlib.sha512)(d)[:32]
+        ),
+        "hs-key-sha1-mac": lambda fx: forge(hdr(fx.hs), claims(fx), hs(secret_of(fx.hs), hashlib.sha1)),
+        "hs-key-mac-of-payload-only": lambda fx: forge(
+            hdr(fx.hs), claims(fx), lambda d: hs(secret_of(fx.hs))(d.split(b".")[1])
+        ),
+        "hs-key-plain-sha256-no-secret": lambda fx: forge(hdr(fx.hs), claims(fx), lambda d: hashlib.sha256(d).digest()),
+        # guessable secrets, and the secret file's text instead of the secret
+        "hs-key-attacker-secret": lambda fx: forge(hdr(fx.hs), claims(fx), attacker("HS256")),
+        "hs-key-empty-secret": lambda fx: forge(hdr(fx.hs), claims(fx), hs(b"")),
+        "hs-key-kid-as-secret": lambda fx: forge(hdr(fx.hs), claims(fx), hs(fx.hs.kid.encode())),
+        "hs-key-base64-text-of-secret": lambda fx: forge(hdr(fx.hs), claims(fx), hs(b64(secret_of(fx.hs)).encode())),
+        # the real MAC, cut short or padded: compared whole, never as a prefix
+        **{
+            f"hs-mac-truncated-to-{n}": with_mac(lambda mac, n=n: mac[:n])
+            for n in (1, 4, 16, 20, 24, 31)
+        },
+        "hs-mac-first-byte-dropped": with_mac(lambda mac: mac[1:]),
+        "hs-mac-one-byte-appended": with_mac(lambda mac: mac + b"\0"),
+        "hs-mac-doubled": with_mac(lambda mac: mac * 2),
+        "hs-mac-first-bit": with_mac(flip(0)),
+        "hs-mac-last-bit": with_mac(flip(-1)),
+        "hs-mac-zeros": with_mac(lambda mac: bytes(len(mac))),
+        "hs-mac-of-another-token": lambda fx: (lambda a, b: f"{a[0]}.{a[1]}.{b[2]}")(mac_token(fx), mac_token(fx)),
+    }
     return cases
 
 
@@ -300,7 +400,9 @@ def _header_cases() -> dict[str, Case]:
             hdr(fx.active, **{member: value}), claims(fx), real(fx)
         )
     cases["header-duplicate-alg-none-first"] = lambda fx: forge(
-        f'{{"alg":"none","alg":"EdDSA","kid":"{fx.active.kid}","typ":"{TYP}"}}'.encode(), claims(fx), ATTACKER_ED.sign
+        f'{{"alg":"none","alg":"{fx.active.alg}","kid":"{fx.active.kid}","typ":"{TYP}"}}'.encode(),
+        claims(fx),
+        attacker(fx.active.alg),
     )
     cases["header-json-array"] = lambda fx: forge(compact([hdr(fx.active)]), claims(fx), real(fx))
     cases["header-not-json"] = lambda fx: forge(b"alg=EdDSA", claims(fx), real(fx))
@@ -413,23 +515,23 @@ def _tamper_cases() -> dict[str, Case]:
         "payload-byte-appended": lambda fx: (lambda p: f"{p[0]}.{p[1]}A.{p[2]}")(issued(fx)),
         "header-reordered": reordered_header,
         "header-whitespace": spaced_header,
-        "header-kid-swapped-to-es": lambda fx: (lambda p: f"{b64(compact(hdr(fx.es, alg='EdDSA')))}.{p[1]}.{p[2]}")(
-            issued(fx)
-        ),
+        "header-kid-swapped-to-es": lambda fx: (
+            lambda p: f"{b64(compact(hdr(fx.es, alg=fx.active.alg)))}.{p[1]}.{p[2]}"
+        )(issued(fx)),
         "sig-first-bit": lambda fx: flip_sig_bit(fx, 0),
-        "sig-middle-bit": lambda fx: flip_sig_bit(fx, 31),
-        "sig-last-byte-bit": lambda fx: flip_sig_bit(fx, 63),
+        "sig-middle-bit": lambda fx: flip_sig_bit(fx, 31 if fx.active.alg != "HS256" else 15),
+        "sig-last-byte-bit": lambda fx: flip_sig_bit(fx, -1),
         "sig-truncated": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{p[2][:-4]}")(issued(fx)),
         "sig-one-byte-short": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{b64(tokens.b64decode(p[2])[:-1])}")(issued(fx)),
         "sig-extended": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{p[2]}AAAA")(issued(fx)),
-        "sig-all-A": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{'A' * 86}")(issued(fx)),
+        "sig-all-A": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{'A' * len(p[2])}")(issued(fx)),
         "sig-of-another-token": other_token_sig,
         "sig-doubled": lambda fx: (lambda p: f"{p[0]}.{p[1]}.{b64(tokens.b64decode(p[2]) * 2)}")(issued(fx)),
         "es-sig-der-encoded": es_sig_der,
         "es-sig-r-s-swapped": es_sig_swapped,
         "es-sig-zero": es_sig_zero,
         "signed-by-retired-key": lambda fx: forge(hdr(fx.retired), claims(fx), fx.retired.sign),
-        "signed-by-attacker-under-active-kid": lambda fx: forge(hdr(fx.active), claims(fx), ATTACKER_ED.sign),
+        "signed-by-attacker-under-active-kid": lambda fx: forge(hdr(fx.active), claims(fx), attacker(fx.active.alg)),
         "signed-by-attacker-p256-under-es-kid": lambda fx: forge(
             hdr(fx.es), claims(fx), lambda d: es_raw(ATTACKER_P256, d, SHA256(), 32)
         ),
@@ -437,6 +539,7 @@ def _tamper_cases() -> dict[str, Case]:
 
 
 ALG_CASES = _alg_cases()
+HMAC_CASES = _hmac_cases()
 KID_CASES = _kid_cases()
 HEADER_CASES = _header_cases()
 CLAIM_CASES = _claim_cases()
@@ -487,16 +590,44 @@ def test_the_forging_helper_builds_tokens_that_are_accepted(fx, client, redis_se
     is the service's doing, not a broken helper."""
     token = forge(hdr(fx.active), claims(fx), real(fx))
     assert client.post(f"{TOKENS}/{token}", json={"score": 1}).status_code == 200
-    es = forge(hdr(fx.es), claims(fx), fx.es.sign)  # a pending key verifies
-    assert client.post(f"{TOKENS}/{es}", json={"score": 1}).status_code == 200
+    for pending in (fx.ed, fx.es, fx.hs):  # a pending key verifies, whatever its algorithm
+        other = forge(hdr(pending), claims(fx), pending.sign)
+        assert client.post(f"{TOKENS}/{other}", json={"score": 1}).status_code == 200
     within = forge(hdr(fx.active), claims(fx, exp=int(fx.now) - 29, iat=int(fx.now) + 29), real(fx))
     assert client.post(f"{TOKENS}/{within}", json={"score": 1}).status_code == 200  # the leeway is small, not zero
-    assert len(stream_entries(redis_server)) == 3
+    assert len(stream_entries(redis_server)) == 5
 
 
 @pytest.mark.parametrize("name", sorted(ALG_CASES))
 def test_algorithm_confusion_is_refused(fx, client, redis_server, name):
     refused(client, redis_server, ALG_CASES[name](fx), *INVALID)
+
+
+@pytest.mark.parametrize("name", sorted(HMAC_CASES))
+def test_hmac_keys_are_pinned_and_compared_whole(fx, client, redis_server, name):
+    refused(client, redis_server, HMAC_CASES[name](fx), *INVALID)
+
+
+def test_macs_are_compared_in_constant_time(fx, client, redis_server, monkeypatch):
+    """A timing test can't be trusted on a shared machine, so this shows the route instead: every
+    MAC, right or wrong, reaches ``hmac.compare_digest`` (the real one, wrapped), whose time does
+    not depend on where a guess first differs."""
+    compared: list[tuple[bytes, bytes]] = []
+    real_compare = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    head, body, sig = forge(hdr(fx.hs), claims(fx), fx.hs.sign).split(".")
+    mac = tokens.b64decode(sig)
+    wrong = bytes([mac[0] ^ 1]) + mac[1:]  # differs in its first byte only
+    refused(client, redis_server, f"{head}.{body}.{b64(wrong)}", *INVALID)
+    assert (mac, wrong) in compared
+    compared.clear()
+    assert client.post(f"{TOKENS}/{head}.{body}.{sig}", json={"score": 1}).status_code == 200
+    assert compared == [(mac, mac)]
 
 
 @pytest.mark.parametrize("name", sorted(KID_CASES))

@@ -43,7 +43,7 @@ def test_readyz_503_without_keys(make_app, tmp_path):
 def test_jwks_publishes_pending_and_active_public_keys(client, keys_dir):
     ring = KeyringDir(keys_dir)
     active = ring.load().active.kid
-    pending = ring.new("ES256")
+    pending = ring.new("EdDSA")
     retired = ring.new()
     ring.retire(retired)
     client.app.state.service.keys.reload()
@@ -53,8 +53,8 @@ def test_jwks_publishes_pending_and_active_public_keys(client, keys_dir):
     jwks = r.json()
     by_kid = {k["kid"]: k for k in jwks["keys"]}
     assert set(by_kid) == {active, pending}
-    assert by_kid[active]["kty"] == "OKP" and by_kid[active]["crv"] == "Ed25519"
-    assert by_kid[pending]["kty"] == "EC" and by_kid[pending]["crv"] == "P-256"
+    assert by_kid[active]["kty"] == "EC" and by_kid[active]["crv"] == "P-256"
+    assert by_kid[pending]["kty"] == "OKP" and by_kid[pending]["crv"] == "Ed25519"
     assert all("d" not in k for k in jwks["keys"])  # never private material
 
 

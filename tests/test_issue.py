@@ -53,9 +53,9 @@ def test_token_is_a_jwt_with_kid_typ_and_pinned_alg(client, keys_dir):
     token = token_of(answer)
     header = jwt.get_unverified_header(token)
     active = KeyringDir(keys_dir).load().active
-    assert header == {"alg": "EdDSA", "kid": active.kid, "typ": "fbt+jwt"}
+    assert header == {"alg": "ES256", "kid": active.kid, "typ": "fbt+jwt"}  # the default algorithm
     # An independent verifier (pyjwt with the published public key) accepts it.
-    claims = jwt.decode(token, key=active.public_key, algorithms=["EdDSA"], issuer="fbt")
+    claims = jwt.decode(token, key=active.public_key, algorithms=["ES256"], issuer="fbt")
     assert {"jti", "iss", "iat", "exp", "run", "key"} <= set(claims)
     assert uuid.UUID(bytes=b64decode(claims["jti"])) == uuid.UUID(answer["id"])
     assert uuid.UUID(bytes=b64decode(claims["run"])) == uuid.UUID(answer["run_id"])
@@ -67,13 +67,17 @@ def test_typical_token_stays_under_400_characters(client):
     assert len(token) < 400
 
 
-def test_es256_key_signs_es256_tokens(make_app, keys_dir):
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "HS256"])
+def test_each_algorithm_signs_tokens_of_its_own(make_app, keys_dir, alg):
     ring = KeyringDir(keys_dir)
-    kid = ring.new("ES256")
+    kid = ring.new(alg)
     ring.activate(kid)
     client = make_app()
     answer = client.post(TOKENS, json=_body(), headers=AUTH).json()
-    assert jwt.get_unverified_header(token_of(answer))["alg"] == "ES256"
+    assert jwt.get_unverified_header(token_of(answer)) == {"alg": alg, "kid": kid, "typ": "fbt+jwt"}
+    key = ring.load().keys[kid]  # an independent verifier (pyjwt) agrees
+    secret_or_public = key.secret if alg == "HS256" else key.public_key
+    assert jwt.decode(token_of(answer), key=secret_or_public, algorithms=[alg], issuer="fbt")["key"] == "user_score"
     r = client.post(f"{TOKENS}/{token_of(answer)}", json={"score": 1})
     assert r.status_code == 200 and r.json()["duplicate"] is False
 

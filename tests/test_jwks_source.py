@@ -29,7 +29,9 @@ from starlette.testclient import TestClient
 from app.config import ConfigError, Settings
 from app.domain import tokens
 from app.domain.tokens import TokenClaims
-from app.keys.keyring import Key, Keyring, KeyringDir, KeyringError, key_from_jwk, keyring_from_jwks
+from app.keys.jwk import key_from_jwk, public_jwk
+from app.keys.key import Key, KeyringError
+from app.keys.keyring import Keyring, KeyringDir, keyring_from_jwks
 from app.keys.source import MAX_JWKS_BYTES, JwksSource
 
 AUTH = {"X-API-Key": API_KEY}
@@ -326,7 +328,7 @@ def test_a_key_from_a_jwk_verifies_what_its_private_half_signed(keys_dir: Path) 
     ring = KeyringDir(keys_dir)
     ring.activate(ring.new("ES256"))
     for key in ring.load().keys.values():
-        imported = key_from_jwk(key.jwk())
+        imported = key_from_jwk(public_jwk(key))
         assert imported.alg == key.alg and imported.kid == key.kid
         claims = TokenClaims(uuid.uuid4(), uuid.uuid4(), "k", uuid.uuid4(), int(time.time()), int(time.time()) + 60)
         token = tokens.sign(claims, key, "fbt")
@@ -347,3 +349,40 @@ def test_jwks_url_must_be_http() -> None:
         Settings.from_env({"FEEDBACK_JWKS_URL": "file:///etc/keys.json"})
     settings = Settings.from_env({"FEEDBACK_JWKS_REFRESH": "2.5", "FEEDBACK_JWKS_REFETCH_FLOOR": "30"})
     assert (settings.jwks_refresh, settings.jwks_refetch_floor) == (2.5, 30.0)
+
+
+# -- HS256: never in a JWK Set ------------------------------------------------------------------------
+
+
+def test_a_symmetric_jwk_is_refused_as_a_shared_secret() -> None:
+    for jwk in (
+        {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA", "kid": "hs", "alg": "HS256"},
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "hs-no-alg"},
+        {"kty": "EC", "crv": "P-256", "k": "c2VjcmV0", "kid": "k-member", "alg": "ES256"},
+    ):
+        with pytest.raises(KeyringError, match="symmetric key: a shared secret must never be published"):
+            key_from_jwk(jwk)
+
+
+def test_an_hs256_signing_issuer_publishes_only_its_asymmetric_keys(
+    client: TestClient, edge: TestClient, jwks_server: JwksServer, keys_dir: Path
+) -> None:
+    """ES256 -> HS256 with a JWKS node left behind: it keeps verifying the previous key's tokens
+    and refuses every HS256 token, since the secret is never in the set."""
+    es_token = issue(client)
+    ring = KeyringDir(keys_dir)
+    hs = ring.new("HS256")
+    ring.activate(hs)
+    client.app.state.service.keys.reload()  # type: ignore[attr-defined]
+    hs_token = issue(client)
+    assert json.loads(tokens.b64decode(hs_token.split(".")[0]))["alg"] == "HS256"
+    published = client.get("/.well-known/jwks.json").json()
+    assert hs not in {k["kid"] for k in published["keys"]} and published["keys"]
+    assert all("k" not in k for k in published["keys"])
+    with pytest.raises(KeyringError, match="never published"):
+        public_jwk(ring.load().keys[hs])
+    jwks_server.publish(published)
+    refresh(edge)
+    assert submit(edge, hs_token) == (401, "token_invalid")
+    assert submit(edge, es_token) == (200, None)
+    assert submit(client, hs_token) == (200, None)  # a node holding the secret verifies it

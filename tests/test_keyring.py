@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -17,7 +18,9 @@ from keysync import sync_public
 from starlette.testclient import TestClient
 
 from app.clock import FrozenClock
-from app.keys.keyring import KeyringDir, KeyringError
+from app.domain.tokens import b64decode as tokens_b64decode
+from app.keys.key import KeyringError
+from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource
 
 AUTH = {"X-API-Key": API_KEY}
@@ -107,7 +110,7 @@ def test_refused_transitions_leave_the_keyring_unchanged(keys_dir: Path, tmp_pat
     _refused(ring, lambda: ring.activate(gone), "is retired and a retired key never comes back")
     _refused(ring, lambda: ring.activate("nope"), "no key 'nope' in the keyring")
     _refused(ring, lambda: ring.retire("nope"), "no key 'nope' in the keyring")
-    _refused(ring, lambda: ring.new("HS256"), "unsupported algorithm")  # type: ignore[arg-type]
+    _refused(ring, lambda: ring.new("RS256"), "unsupported algorithm")  # type: ignore[arg-type]
     # A public-only copy holds no private key to sign with.
     public = tmp_path / "public"
     pending = ring.new()
@@ -342,3 +345,113 @@ def test_kids_never_start_with_a_dash(tmp_path: Path) -> None:
     kids = [ring.new() for _ in range(200)]
     assert len(set(kids)) == 200
     assert not [k for k in kids if k.startswith("-")]
+
+
+# -- HS256: the secret must be where its tokens are verified ---------------------------------------
+
+
+def _secret_pem(body: bytes) -> bytes:
+    return b"-----BEGIN HS256 SECRET KEY-----\n" + body + b"\n-----END HS256 SECRET KEY-----\n"
+
+
+BAD_HS256_FILES: dict[str, tuple[Callable[[KeyringDir, str, str], object], str]] = {
+    "pub.pem beside an HS256 key": (
+        lambda ring, hs, es: ring.public_path(hs).write_bytes(ring.private_path(hs).read_bytes()),
+        "yet {hs}.pub.pem exists",
+    ),
+    "secret shorter than 32 bytes": (
+        lambda ring, hs, es: ring.private_path(hs).write_bytes(_secret_pem(base64.b64encode(b"x" * 31))),
+        "an HS256 secret needs at least 32 bytes, not 31",
+    ),
+    "secret not base64": (
+        lambda ring, hs, es: ring.private_path(hs).write_bytes(_secret_pem(b"not base64!" * 4)),
+        "key {hs}: unreadable HS256 secret",
+    ),
+    "a private key where the secret belongs": (
+        lambda ring, hs, es: ring.private_path(hs).write_bytes(ring.private_path(es).read_bytes()),
+        "key {hs}: unreadable HS256 secret (expected a 'HS256 SECRET KEY' PEM block)",
+    ),
+    "a secret where the private key belongs": (
+        lambda ring, hs, es: ring.private_path(es).write_bytes(ring.private_path(hs).read_bytes()),
+        "key {es}: unreadable private key",
+    ),
+    "HS256 renamed ES256 in the manifest": (
+        lambda ring, hs, es: ring.manifest.write_text(ring.manifest.read_text().replace('"HS256"', '"ES256"')),
+        "key {hs}: unreadable private key",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_HS256_FILES))
+def test_hs256_key_files_that_do_not_fit_are_refused(keys_dir: Path, bad: str) -> None:
+    ring = KeyringDir(keys_dir)
+    es = ring.entries()[0]["kid"]
+    hs = ring.new("HS256")
+    assert ring.load().keys[hs].secret is not None
+    spoil, reason = BAD_HS256_FILES[bad]
+    spoil(ring, hs, es)
+    with pytest.raises(KeyringError) as caught:
+        ring.load()
+    assert reason.format(hs=hs, es=es) in str(caught.value)
+
+
+def test_a_public_only_copy_naming_an_hs256_key_is_not_loaded_and_says_why(
+    make_app: Callable[..., TestClient], keys_dir: Path, tmp_path: Path
+) -> None:
+    """A verify-only node can't verify HS256 tokens: the sync that brings it a manifest naming
+    an HS256 key, before that key ever signs, is refused there, loudly, and the node keeps
+    verifying with what it had."""
+    issuer = make_app()
+    public = tmp_path / "public"
+    sync_public(keys_dir, public)
+    edge = make_app(keys_dir=public)
+    source = edge.app.state.service.keys  # type: ignore[attr-defined]
+    hs = KeyringDir(keys_dir).new("HS256")
+    sync_public(keys_dir, public)
+    assert not (public / f"{hs}.key.pem").exists() and not (public / f"{hs}.pub.pem").exists()
+    assert source.reload() is False
+    assert f"key {hs} is HS256: every node that verifies its tokens needs its secret" in source.error
+    ready = edge.get("/readyz").json()["checks"]["keys"]
+    assert ready["ok"] is True and "a public-only copy or a JWK Set can't carry HS256 keys" in ready["detail"]
+    assert _submit(edge, _issue(issuer)) == (200, None)  # the ES256 key still verifies here
+
+
+def test_rotation_from_es256_to_hs256_and_back_in_a_single_trust_fleet(
+    make_app: Callable[..., TestClient], keys_dir: Path
+) -> None:
+    """Two nodes holding the whole keyring: each verifies what the other signs, through both
+    rotations, and a retired HS256 key's tokens stop verifying like any other's."""
+    ring = KeyringDir(keys_dir)
+    one, two = make_app(), make_app()
+
+    def reload() -> None:
+        for node in (one, two):
+            node.app.state.service.keys.reload()  # type: ignore[attr-defined]
+
+    def alg(token: str) -> str:
+        return str(json.loads(tokens_b64decode(token.split(".")[0]))["alg"])
+
+    es_old = ring.load().active.kid  # type: ignore[union-attr]
+    before = [_issue(one) for _ in range(2)]
+    hs = ring.new("HS256")
+    reload()
+    ring.activate(hs)
+    reload()
+    during = [_issue(one) for _ in range(3)]
+    assert {alg(t) for t in before} == {"ES256"} and {alg(t) for t in during} == {"HS256"}
+    assert _submit(two, before[0]) == (200, None)  # the previous signer still verifies
+    assert _submit(two, during[0]) == (200, None)
+    ring.retire(es_old, token_lifetime=0)
+    es_new = ring.new()
+    reload()
+    ring.activate(es_new)
+    reload()
+    after = _issue(two)
+    assert alg(after) == "ES256"
+    assert _submit(one, after) == (200, None)
+    assert _submit(one, during[1]) == (200, None)  # HS256, pending again: still verifies
+    ring.retire(hs, token_lifetime=0)
+    reload()
+    assert not ring.private_path(hs).exists()
+    assert _submit(two, during[2]) == (401, "token_invalid")
+    assert _submit(one, before[1]) == (401, "token_invalid")

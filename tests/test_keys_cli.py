@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -133,14 +134,14 @@ def test_forced_retire_of_the_signer_is_the_emergency_stop(keys_dir: Path) -> No
 
 def test_list_is_a_readable_table(keys_dir: Path, tmp_path: Path) -> None:
     signer = active_kid(keys_dir)
-    pending = ok(keys(keys_dir, "new", "--alg", "ES256")).strip()
+    pending = ok(keys(keys_dir, "new", "--alg", "EdDSA")).strip()
     gone = ok(keys(keys_dir, "new")).strip()
     ok(keys(keys_dir, "retire", gone))
     lines = ok(keys(keys_dir, "list")).splitlines()
     assert lines[0].split() == ["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "SIGNED", "UNTIL", "HERE"]
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert rows[signer].split()[1:3] == ["EdDSA", "active"] and rows[signer].endswith("private key (signs)")
-    assert rows[pending].split()[1:3] == ["ES256", "pending"] and rows[pending].endswith("private key")
+    assert rows[signer].split()[1:3] == ["ES256", "active"] and rows[signer].endswith("private key (signs)")
+    assert rows[pending].split()[1:3] == ["EdDSA", "pending"] and rows[pending].endswith("private key")
     assert rows[gone].split()[2] == "retired" and rows[gone].endswith("public key only")
     # Columns line up: every row's STATE starts where the header's does.
     column = lines[0].index("STATE")
@@ -161,7 +162,7 @@ def test_list_warns_about_a_private_key_others_can_read(keys_dir: Path) -> None:
 
 def test_jwks_has_pending_and_active_public_keys_only(keys_dir: Path) -> None:
     active = active_kid(keys_dir)
-    pending = ok(keys(keys_dir, "new", "--alg", "ES256")).strip()
+    pending = ok(keys(keys_dir, "new", "--alg", "EdDSA")).strip()
     gone = ok(keys(keys_dir, "new")).strip()
     ok(keys(keys_dir, "retire", gone))
     jwks = json.loads(ok(keys(keys_dir, "jwks")))
@@ -170,10 +171,10 @@ def test_jwks_has_pending_and_active_public_keys_only(keys_dir: Path) -> None:
     for jwk in jwks["keys"]:
         assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & set(jwk)  # never private material
         assert jwk["use"] == "sig"
-    assert {k: by_kid[active][k] for k in ("kty", "crv", "alg")} == {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
-    assert {k: by_kid[pending][k] for k in ("kty", "crv", "alg")} == {"kty": "EC", "crv": "P-256", "alg": "ES256"}
-    assert set(by_kid[active]) == {"kty", "crv", "x", "kid", "alg", "use"}
-    assert set(by_kid[pending]) == {"kty", "crv", "x", "y", "kid", "alg", "use"}
+    assert {k: by_kid[active][k] for k in ("kty", "crv", "alg")} == {"kty": "EC", "crv": "P-256", "alg": "ES256"}
+    assert {k: by_kid[pending][k] for k in ("kty", "crv", "alg")} == {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
+    assert set(by_kid[active]) == {"kty", "crv", "x", "y", "kid", "alg", "use"}
+    assert set(by_kid[pending]) == {"kty", "crv", "x", "kid", "alg", "use"}
     # Each published key verifies what its private half signs, in an independent verifier.
     ring = KeyringDir(keys_dir).load()
     for kid, jwk in by_kid.items():
@@ -192,3 +193,67 @@ def test_init_creates_and_activates_once(tmp_path: Path, alg: str) -> None:
     assert KeyringDir(path).load().signer is not None
     assert ok(keys(path, "init")) == "keyring already has keys; nothing done\n"
     assert os.stat(path).st_mode & 0o777 == 0o700
+
+
+# -- HS256: a shared secret, never published ---------------------------------------------------------
+
+
+def test_an_hs256_key_is_one_owner_only_secret_file_and_never_published(keys_dir: Path) -> None:
+    signer = active_kid(keys_dir)
+    result = keys(keys_dir, "new", "--alg", "HS256")
+    kid = ok(result).strip()
+    assert result.stdout == f"{kid}\n"
+    assert "never published" in result.stderr and "can also sign" in result.stderr
+    assert os.stat(keys_dir / f"{kid}.key.pem").st_mode & 0o777 == 0o600
+    assert not (keys_dir / f"{kid}.pub.pem").exists()
+    key = KeyringDir(keys_dir).load().keys[kid]
+    assert (key.alg, key.state, key.public_key) == ("HS256", "pending", None)
+    assert key.secret is not None and len(key.secret) == 32
+    # The secret is in its own file and nowhere else, in no spelling.
+    secret = key.secret
+    spellings = [secret, base64.b64encode(secret), tokens.b64encode(secret).encode(), secret.hex().encode()]
+    for path in keys_dir.iterdir():
+        if path.name != f"{kid}.key.pem":
+            assert not any(s in path.read_bytes() for s in spellings), path.name
+    jwks = keys(keys_dir, "jwks")
+    published = json.loads(ok(jwks))["keys"]
+    assert [k["kid"] for k in published] == [signer]
+    assert not any(s.decode() in jwks.stdout for s in spellings[1:])
+    assert f"pending key {kid} is HS256 and not in this set" in jwks.stderr
+    rows = {line.split()[0]: line for line in ok(keys(keys_dir, "list")).splitlines()[1:]}
+    assert rows[kid].split()[1:3] == ["HS256", "pending"] and rows[kid].endswith("secret")
+
+
+def test_jwks_is_refused_while_an_hs256_key_signs(keys_dir: Path) -> None:
+    kid = ok(keys(keys_dir, "new", "--alg", "HS256")).strip()
+    result = keys(keys_dir, "activate", kid)
+    assert f"{kid} is now the active signer" in ok(result)
+    assert "only nodes holding its secret verify" in result.stderr
+    refused(keys_dir, ["jwks"], f"the active key {kid} is HS256, a shared secret that is never published")
+    rows = {line.split()[0]: line for line in ok(keys(keys_dir, "list")).splitlines()[1:]}
+    assert rows[kid].endswith("secret (signs)")
+
+
+def test_rotation_from_es256_to_hs256_and_back_through_the_cli(keys_dir: Path) -> None:
+    es_old = active_kid(keys_dir)
+    hs = ok(keys(keys_dir, "new", "--alg", "HS256")).strip()
+    ok(keys(keys_dir, "activate", hs))
+    assert "401 token_invalid" in ok(keys(keys_dir, "retire", es_old, "--token-lifetime", "0"))
+    refused(keys_dir, ["jwks"], "is HS256")  # nothing left to publish that verifies what is issued
+    es_new = ok(keys(keys_dir, "new")).strip()
+    assert f"{hs} is pending again" in ok(keys(keys_dir, "activate", es_new))
+    assert [k["kid"] for k in json.loads(ok(keys(keys_dir, "jwks")))["keys"]] == [es_new]
+    ok(keys(keys_dir, "retire", hs, "--token-lifetime", "0"))
+    assert not (keys_dir / f"{hs}.key.pem").exists()  # the secret is gone from this node
+    states = {e["kid"]: (e["alg"], e["state"]) for e in KeyringDir(keys_dir).entries()}
+    assert states == {es_old: ("ES256", "retired"), hs: ("HS256", "retired"), es_new: ("ES256", "active")}
+    assert ok(keys(keys_dir, "jwks")) and KeyringDir(keys_dir).load().signer.alg == "ES256"  # type: ignore[union-attr]
+
+
+def test_activating_an_hs256_key_without_its_secret_is_refused(keys_dir: Path, tmp_path: Path) -> None:
+    kid = ok(keys(keys_dir, "new", "--alg", "HS256")).strip()
+    public = tmp_path / "public"
+    sync_public(keys_dir, public)  # the manifest and *.pub.pem: an HS256 key has no such file
+    assert sorted(p.name for p in public.iterdir()) == sorted(["keyring.json", f"{active_kid(keys_dir)}.pub.pem"])
+    refused(public, ["activate", kid], f"key {kid} has no secret in")
+    refused(public, ["jwks"], f"key {kid} is HS256: every node that verifies its tokens needs its secret")

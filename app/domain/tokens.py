@@ -28,7 +28,8 @@ from app.clock import isoformat
 from app.domain.feedback import FeedbackConfig
 from app.domain.policy import Use
 from app.errors import TokenExpired, TokenInvalid
-from app.keys.keyring import Key, Keyring
+from app.keys.key import Key
+from app.keys.keyring import Keyring
 
 TOKEN_TYPE = "fbt+jwt"
 MAX_TOKEN_LENGTH = 2000

@@ -1,25 +1,29 @@
-"""The keyring: signing keys on disk, their states, and the snapshot that running nodes use.
+"""The keyring: the snapshot of keys a running node holds, and the directory it lives in, with
+the key lifecycle of SPEC section 6.
 
 On disk (``FEEDBACK_KEYS_DIR``, created mode 0700)::
 
     keyring.json        {"version": 1, "keys": [{"kid", "alg", "state", "created_at",
                                                   "activated_at"?, "signed_until"?}, ...]}
-    <kid>.key.pem       private key, PKCS#8, mode 0600 (absent on verify-only nodes)
-    <kid>.pub.pem       public key, SubjectPublicKeyInfo
+    <kid>.key.pem       ES256/EdDSA: private key, PKCS#8; HS256: the shared secret (a PEM block
+                        of its own). Mode 0600; absent on verify-only nodes
+    <kid>.pub.pem       ES256/EdDSA only: public key, SubjectPublicKeyInfo. Never for HS256
     .lock               taken (flock) by the lifecycle commands, so two never interleave
 
-States: ``pending`` (verifies, published in JWKS, never signs), ``active`` (the one signer; also
-verifies) and ``retired`` (neither). ``keyring.json`` is the single source of truth for states and
-is only ever replaced whole (write to a temporary file, fsync, rename), so a reader sees the old
-keyring or the new one, never half of either. Key files are written before the manifest names
-them, and a manifest that fails validation is never swapped in.
+States: ``pending`` (verifies, never signs; published in JWKS unless HS256), ``active`` (the one
+signer; also verifies) and ``retired`` (neither). ``keyring.json`` is the single source of truth
+for states and is only ever replaced whole (write to a temporary file, fsync, rename), so a
+reader sees the old keyring or the new one, never half of either. Key files are written before
+the manifest names them, and a manifest that fails validation is never swapped in.
 
 ``activate`` sends the previous signer back to ``pending``: it stops signing at once but keeps
 verifying the tokens it signed until it is retired. ``signed_until`` records when a key last
 stopped signing, so ``retire`` can refuse to cut off tokens that may still be live.
 
-A node whose keyring holds no private key for its active key is verify-only. A keyring can also
-come from an issuer's JWK Set (``keyring_from_jwks``); such keys only ever verify.
+A node whose keyring holds no private key (or secret) for its active key is verify-only. An
+HS256 key has nothing public to hand such a node: a keyring that names one that verifies must
+hold its secret, or it does not load. A keyring can also come from an issuer's JWK Set
+(``keyring_from_jwks``); such keys only ever verify.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import stat
 import tempfile
@@ -38,102 +41,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from jwt import PyJWK
-from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm
-from jwt.exceptions import PyJWTError
+from typing import Any
 
 from app.clock import Clock
+from app.keys.jwk import keys_from_jwks, public_jwk
+from app.keys.key import ALGORITHMS, DEFAULT_ALG, KID_RE, STATES, Alg, Key, KeyringError, State, generate, load_key
 
-Alg = Literal["EdDSA", "ES256"]
-State = Literal["pending", "active", "retired"]
-ALGORITHMS: tuple[Alg, ...] = ("EdDSA", "ES256")
-# What `keys init` / `keys new` create unless told otherwise. ES256, because verifying is the
-# submit path's largest single cost and OpenSSL verifies P-256 faster than Ed25519 (on the bench
-# machine about 73 us against 110 us). Both stay fully supported; signatures are 64 bytes either
-# way, so tokens are the same length. ECDSA's (r, n - s) twin is harmless here: replay protection
-# keys on the token id, never on the signature (tests/test_replay.py).
-DEFAULT_ALG: Alg = "ES256"
-STATES: tuple[State, ...] = ("pending", "active", "retired")
 MANIFEST = "keyring.json"
-KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Optional timestamps a manifest entry may carry (ISO 8601), kept as written.
 _TIMES = ("created_at", "activated_at", "signed_until")
-# The (kty, crv) each algorithm's JWK must have.
-_JWK_SHAPE: dict[Alg, tuple[str, str]] = {"EdDSA": ("OKP", "Ed25519"), "ES256": ("EC", "P-256")}
-
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 log = logging.getLogger("feedback_tokens.keys")
-
-
-class KeyringError(Exception):
-    """The keyring on disk is missing, malformed, or a transition was refused."""
-
-
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
-
-
-def _algorithm(alg: Alg) -> Algorithm:
-    # One prepared pyjwt algorithm object per key: the algorithm is pinned by the key, never
-    # taken from a token's header.
-    if alg == "EdDSA":
-        return OKPAlgorithm()
-    return ECAlgorithm(ECAlgorithm.SHA256)
-
-
-@dataclass(frozen=True)
-class Key:
-    kid: str
-    alg: Alg
-    state: State
-    created_at: str
-    public_key: PublicKey
-    private_key: PrivateKey | None = field(default=None, repr=False)
-    algorithm: Algorithm = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.algorithm is None:
-            object.__setattr__(self, "algorithm", _algorithm(self.alg))
-
-    @property
-    def verifies(self) -> bool:
-        return self.state in ("pending", "active")
-
-    def sign(self, signing_input: bytes) -> bytes:
-        if self.private_key is None:
-            raise KeyringError(f"key {self.kid} has no private key on this node")
-        return self.algorithm.sign(signing_input, self.private_key)
-
-    def verify(self, signing_input: bytes, signature: bytes) -> bool:
-        # cryptography directly, with the key's own algorithm (the hot path: pyjwt's wrapper adds
-        # checks and conversions we don't need). JWS ES256 signatures are raw r || s, 32 bytes each.
-        public = self.public_key
-        try:
-            if isinstance(public, ec.EllipticCurvePublicKey):
-                if len(signature) != 64:
-                    return False
-                der = encode_dss_signature(
-                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-                )
-                public.verify(der, signing_input, _ECDSA_SHA256)
-            else:
-                public.verify(signature, signing_input)
-        except (InvalidSignature, ValueError):
-            return False
-        return True
-
-    def jwk(self) -> dict[str, Any]:
-        # to_jwk of the *public* key: a JWK built from it can't carry "d".
-        jwk: dict[str, Any] = self.algorithm.to_jwk(self.public_key, as_dict=True)
-        jwk.update(kid=self.kid, alg=self.alg, use="sig")
-        return jwk
 
 
 @dataclass(frozen=True)
@@ -144,9 +62,9 @@ class Keyring:
 
     @property
     def signer(self) -> Key | None:
-        """The active key, when this node holds its private half."""
+        """The active key, when this node holds what signs with it."""
         for key in self.keys.values():
-            if key.state == "active" and key.private_key is not None:
+            if key.state == "active" and key.can_sign:
                 return key
         return None
 
@@ -162,7 +80,9 @@ class Keyring:
         return key if key is not None and key.verifies else None
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.jwk() for k in self.keys.values() if k.verifies]}
+        """The JWK Set to publish: public halves of pending and active keys. HS256 keys are
+        never in it, so a node that verifies with this set can verify none of their tokens."""
+        return {"keys": [public_jwk(k) for k in self.keys.values() if k.verifies and k.published]}
 
     def describe(self) -> str:
         return ", ".join(f"{k.kid}:{k.state}" for k in self.keys.values()) or "empty"
@@ -171,63 +91,9 @@ class Keyring:
         return len(self.keys)
 
 
-# -- JWK Sets (verify-only nodes) ---------------------------------------------------------------
-
-
-def key_from_jwk(jwk: Any) -> Key:
-    """One public JWK as a verifying key, its algorithm pinned. Raise ``KeyringError`` for a
-    JWK we must not or cannot use: private material, not for signatures, an algorithm or curve
-    we don't issue (the algorithm is never guessed from anything but kty/crv)."""
-    if not isinstance(jwk, dict):
-        raise KeyringError("a JWK must be an object")
-    kid = jwk.get("kid")
-    if not isinstance(kid, str) or not KID_RE.match(kid):
-        raise KeyringError(f"JWK with bad kid {kid!r}")
-    if "d" in jwk:
-        raise KeyringError(f"JWK {kid} carries private material; the issuer must publish public keys only")
-    if jwk.get("use", "sig") != "sig":
-        raise KeyringError(f"JWK {kid} is not for signatures (use={jwk.get('use')!r})")
-    alg = jwk.get("alg")
-    shape = (jwk.get("kty"), jwk.get("crv"))
-    if alg is None:
-        alg = next((a for a, s in _JWK_SHAPE.items() if s == shape), None)
-    if alg not in ALGORITHMS:
-        raise KeyringError(f"JWK {kid}: unsupported alg {alg!r} (kty {shape[0]!r}, crv {shape[1]!r})")
-    if _JWK_SHAPE[alg] != shape:
-        raise KeyringError(f"JWK {kid}: alg {alg} needs kty/crv {_JWK_SHAPE[alg]}, not {shape}")
-    try:
-        public = PyJWK(jwk, algorithm=alg).key
-    except (PyJWTError, ValueError, TypeError) as err:  # malformed members: pyjwt raises all three
-        raise KeyringError(f"JWK {kid}: {err}") from err
-    _check_alg(kid, alg, public)
-    # "pending": verifies, never signs. The set doesn't say which key signs, and here none does.
-    return Key(kid, alg, "pending", "", public)
-
-
 def keyring_from_jwks(raw: bytes) -> tuple[Keyring, list[str]]:
-    """A JWK Set as a keyring, plus why each key left out was left out.
-
-    A set that is not a JWK Set, or that names a kid twice, is refused whole (``KeyringError``):
-    the caller keeps its last good keyring. Single unusable keys are skipped, so an issuer that
-    one day publishes a key type we don't know doesn't stop us verifying the ones we do.
-    """
-    try:
-        doc = json.loads(raw)
-    except ValueError as err:
-        raise KeyringError(f"not a JWK Set: {err}") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise KeyringError('not a JWK Set: expected {"keys": [...]}')
-    keys: dict[str, Key] = {}
-    skipped: list[str] = []
-    for jwk in doc["keys"]:
-        try:
-            key = key_from_jwk(jwk)
-        except KeyringError as err:
-            skipped.append(str(err))
-            continue
-        if key.kid in keys:
-            raise KeyringError(f"JWK Set names kid {key.kid} twice")
-        keys[key.kid] = key
+    """A JWK Set as a keyring, plus why each key left out was left out (see ``keys_from_jwks``)."""
+    keys, skipped = keys_from_jwks(raw)
     return Keyring(keys), skipped
 
 
@@ -283,15 +149,6 @@ def _parse_manifest(raw: bytes) -> list[dict[str, str]]:
     if len(active) > 1:
         raise KeyringError(f"{MANIFEST}: more than one active key ({', '.join(active)}); exactly one may sign")
     return entries
-
-
-def _check_alg(kid: str, alg: str, public: object) -> None:
-    if alg == "EdDSA" and not isinstance(public, ed25519.Ed25519PublicKey):
-        raise KeyringError(f"key {kid}: alg EdDSA needs an Ed25519 public key")
-    if alg == "ES256" and not (
-        isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1)
-    ):
-        raise KeyringError(f"key {kid}: alg ES256 needs a P-256 public key")
 
 
 def _check_dir(path: Path) -> None:
@@ -370,30 +227,14 @@ class KeyringDir:
         _check_dir(self.path)
         keys: dict[str, Key] = {}
         for entry in self.entries(missing_ok):
-            kid, alg, state = entry["kid"], entry["alg"], entry["state"]
-            if state == "retired":
+            kid = entry["kid"]
+            if entry["state"] == "retired":
                 continue  # neither signs nor verifies: don't even read its files
-            private: Any = None
-            try:
-                pem = self.private_path(kid).read_bytes()
-            except FileNotFoundError:
-                pem = None  # verify-only for this key (or it was retired while we read)
-            if pem is not None:
-                try:
-                    private = serialization.load_pem_private_key(pem, password=None)
-                except ValueError as err:
-                    raise KeyringError(f"key {kid}: unreadable private key") from err
-                public: Any = private.public_key()
+            # No private file: verify-only for this key (or it was retired while we read).
+            private = _read(self.private_path(kid))
+            if private is not None:
                 self._warn_if_exposed(kid)
-            else:
-                try:
-                    public = serialization.load_pem_public_key(self.public_path(kid).read_bytes())
-                except FileNotFoundError as err:
-                    raise KeyringError(f"key {kid}: neither {kid}.key.pem nor {kid}.pub.pem") from err
-                except ValueError as err:
-                    raise KeyringError(f"key {kid}: unreadable public key") from err
-            _check_alg(kid, alg, public)
-            keys[kid] = Key(kid, alg, state, entry["created_at"], public, private)  # type: ignore[arg-type]
+            keys[kid] = load_key(entry, private, _read(self.public_path(kid)))
         return Keyring(keys)
 
     def exposed(self, kid: str) -> int | None:
@@ -434,26 +275,16 @@ class KeyringDir:
     def _new_locked(self, entries: list[dict[str, str]], alg: Alg) -> str:
         if alg not in ALGORITHMS:
             raise KeyringError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
-        private: PrivateKey = (
-            ed25519.Ed25519PrivateKey.generate() if alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
-        )
+        files = generate(alg)
         kid = _new_kid()
-        while any(e["kid"] == kid for e in entries) or self.public_path(kid).exists():
+        while any(e["kid"] == kid for e in entries) or any(
+            p.exists() for p in (self.private_path(kid), self.public_path(kid))
+        ):
             kid = _new_kid()
-        # Both files before the manifest names the key: a node never sees a kid without its key.
-        _write_atomic(
-            self.private_path(kid),
-            private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-            mode=0o600,
-        )
-        _write_atomic(
-            self.public_path(kid),
-            private.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
-        )
+        # Every file before the manifest names the key: a node never sees a kid without its key.
+        _write_atomic(self.private_path(kid), files.private, mode=0o600)
+        if files.public is not None:  # never for HS256: its secret has no public half to write
+            _write_atomic(self.public_path(kid), files.public)
         entries.append({"kid": kid, "alg": alg, "state": "pending", "created_at": self._now()})
         self._save(entries)
         return kid
@@ -468,7 +299,8 @@ class KeyringDir:
         if entry["state"] == "active":
             return None
         if not self.private_path(kid).exists():
-            raise KeyringError(f"key {kid} has no private key in {self.path}; activate it on the issuer")
+            what = "secret" if entry["alg"] == "HS256" else "private key"
+            raise KeyringError(f"key {kid} has no {what} in {self.path}; activate it on the issuer")
         now, previous = self._now(), None
         for e in entries:
             if e["state"] == "active":
@@ -478,7 +310,7 @@ class KeyringDir:
         self._save(entries)
         return previous
 
-    def new(self, alg: Alg = "EdDSA") -> str:
+    def new(self, alg: Alg = DEFAULT_ALG) -> str:
         """Create a pending key; never changes who signs. Returns its kid."""
         with self._locked() as entries:
             return self._new_locked(entries, alg)
@@ -526,7 +358,7 @@ class KeyringDir:
                 os.unlink(self.private_path(kid))
             return previous
 
-    def init(self, alg: Alg = "EdDSA") -> str | None:
+    def init(self, alg: Alg = DEFAULT_ALG) -> str | None:
         """Create and activate a key when the keyring is empty. Returns the new kid, or None."""
         with self._locked() as entries:
             if entries:
@@ -534,6 +366,13 @@ class KeyringDir:
             kid = self._new_locked(entries, alg)
             self._activate_locked(entries, kid)
             return kid
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _new_kid() -> str:

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import httpx
 
-from app.keys.keyring import Keyring, KeyringDir, KeyringError, keyring_from_jwks
+from app.keys.key import KeyringError
+from app.keys.keyring import Keyring, KeyringDir, keyring_from_jwks
 
 log = logging.getLogger("feedback_tokens.keys")
 
