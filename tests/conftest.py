@@ -35,6 +35,8 @@ from app.keys.keyring import KeyringDir
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fixtures of their own modules, for every test: a Redis Cluster (tests/support_cluster.py).
+pytest_plugins = ["support_cluster"]
 API_KEY = "test-api-key-0123456789"
 TOKENS = "/api/v1/feedback/tokens"
 

@@ -18,6 +18,11 @@ pytest_plugins = ["support_keys"]  # every test here runs on an ES256 and on an 
 
 
 @pytest.fixture
+def redis_server(either_redis):  # every test here runs on one Redis and on a Redis Cluster
+    return either_redis
+
+
+@pytest.fixture
 def keys_dir(signing_keys):
     return signing_keys  # no test here changes the keyring
 

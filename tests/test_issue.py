@@ -16,6 +16,11 @@ from conftest import API_KEY, TOKENS, token_of
 from app.domain.tokens import b64decode
 from app.keys.keyring import KeyringDir
 
+
+@pytest.fixture
+def redis_server(either_redis):  # every test here runs on one Redis and on a Redis Cluster
+    return either_redis
+
 AUTH = {"X-API-Key": API_KEY}
 
 

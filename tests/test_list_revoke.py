@@ -10,6 +10,11 @@ import layout
 import pytest
 from conftest import API_KEY, TOKENS, token_of
 
+
+@pytest.fixture
+def redis_server(either_redis):  # every test here runs on one Redis and on a Redis Cluster
+    return either_redis
+
 AUTH = {"X-API-Key": API_KEY}
 
 

@@ -11,6 +11,11 @@ from conftest import API_KEY, TOKENS, stream_entries, token_of
 
 from app.keys.keyring import KeyringDir
 
+
+@pytest.fixture
+def redis_server(either_redis):  # every test here runs on one Redis and on a Redis Cluster
+    return either_redis
+
 AUTH = {"X-API-Key": API_KEY}
 CONTINUOUS = {"type": "continuous", "min": 0, "max": 1}
 CATEGORICAL = {

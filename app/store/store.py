@@ -146,6 +146,8 @@ class Store:
         self.on_error = on_error
         self.on_batch = on_batch
         self._next_shard = itertools.count(int.from_bytes(uuid.uuid4().bytes[:2], "big"))
+        self._groups: list[list[int]] = []
+        self._groups_at = 0.0
         self.max_shards = keyspace.shards
         self.version: tuple[int, ...] | None = None
         self._node_clients: dict[str, aioredis.Redis] = {}
@@ -154,6 +156,7 @@ class Store:
     def _attach(self, client: Client) -> None:
         self.redis: Client = client
         self.cluster = isinstance(client, RedisCluster)
+        self._groups = []
         self._submit = client.register_script(scripts.SUBMIT)
         self._issue = client.register_script(scripts.ISSUE)
         self._list = client.register_script(scripts.LIST)
@@ -263,9 +266,29 @@ class Store:
     # -- issuance ---------------------------------------------------------------------------------
 
     def next_shard(self) -> int:
-        """Round-robin over the shards, per process: each request's tokens go to the next one,
-        so every primary gets its share whatever the runs look like."""
-        return next(self._next_shard) % self.keyspace.shards
+        """Where the next request's tokens go: round-robin, per process, so that load spreads
+        evenly whatever the runs look like (a run hash would put a big run in one place). On a
+        cluster the turn goes round the primaries first, then round each primary's shards, so
+        primaries get equal shares even when the shards don't divide evenly among them (16 over
+        3 primaries is 6, 5 and 5)."""
+        turn = next(self._next_shard)
+        groups = self._shards_by_primary()
+        group = groups[turn % len(groups)]
+        return group[(turn // len(groups)) % len(group)]
+
+    def _shards_by_primary(self) -> list[list[int]]:
+        now = time.monotonic()
+        if self._groups and now - self._groups_at < 5:
+            return self._groups
+        shards = list(range(self.keyspace.shards))
+        groups: dict[str, list[int]] = {}
+        if isinstance(self.redis, RedisCluster):
+            for shard in shards:
+                node = self.redis.get_node_from_key(self.keyspace.stream(shard))
+                groups.setdefault(node.name if node is not None else "", []).append(shard)
+        self._groups = sorted(groups.values()) if groups else [shards]
+        self._groups_at = now
+        return self._groups
 
     async def issue(self, shard: int, tokens: Sequence[tuple[uuid.UUID, bytes, bytes]]) -> None:
         """tokens: (token id, record, signature), all issued into ``shard``. All or nothing;

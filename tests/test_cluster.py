@@ -1,0 +1,168 @@
+"""On a real Redis Cluster (3 primaries, 3 replicas): load spreads over every primary, and a
+killed primary or a slot moved under load costs a few 503s, never a `once` token used twice or an
+answered submission missing from the streams."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import layout
+import pytest
+from conftest import API_KEY, TOKENS, LiveServer, live_env, path_of
+from support_cluster import ClusterServer
+
+AUTH = {"X-API-Key": API_KEY}
+
+
+def per_primary(cluster: ClusterServer) -> dict[int, tuple[int, int]]:
+    """(keys, EVALSHA calls) on each primary."""
+    out = {}
+    for node in cluster.primaries():
+        c = node.client()
+        calls = c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        out[node.port] = (int(c.dbsize()), int(calls))
+    return out
+
+
+def test_tokens_and_submissions_spread_evenly_over_the_primaries(make_app, redis_cluster):
+    client = make_app(redis_url=redis_cluster.url)
+    answers = []
+    for _ in range(300):  # 300 runs, 10 tokens each, one request per run
+        run_id = str(uuid.uuid4())
+        body = [{"run_id": run_id, "feedback_key": f"k{i}"} for i in range(10)]
+        r = client.post(TOKENS, json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
+        answers += r.json()
+    for answer in answers:
+        assert client.post(path_of(answer), json={"score": 1}).status_code == 200
+    spread = per_primary(redis_cluster)
+    assert len(spread) == 3
+    for what in (0, 1):  # keys, then script calls
+        counts = [v[what] for v in spread.values()]
+        even = sum(counts) / len(counts)
+        assert all(abs(c - even) <= 0.15 * even for c in counts), (what, spread)
+    # Every accepted submission is in exactly one shard's stream, once.
+    entries = [e["token_id"] for _, e in layout.stream_rows(redis_cluster.client())]
+    assert sorted(entries) == sorted(a["id"] for a in answers)
+    assert len(layout.stream_keys(redis_cluster.client())) == 16
+
+
+@dataclass
+class Sent:
+    token: str
+    body: int
+    status: int
+    duplicate: bool | None
+    at: float
+
+
+class Load:
+    """Threads that each submit two different bodies to every token of their share, in turn, and
+    write down every answer with its time."""
+
+    def __init__(self, url: str, answers: list[dict[str, str]], threads: int = 6) -> None:
+        self.url = url
+        self.answers = answers
+        self.sent: list[Sent] = []
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._work, args=(answers[i::threads],), daemon=True) for i in range(threads)
+        ]
+
+    def _work(self, share: list[dict[str, str]]) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            for answer in share:
+                for body in (1, 0):
+                    try:
+                        r = http.post(path_of(answer), json={"score": body})
+                        status, dup = r.status_code, r.json().get("duplicate")
+                    except httpx.HTTPError:
+                        status, dup = 0, None
+                    with self._lock:
+                        self.sent.append(Sent(answer["id"], body, status, dup, time.monotonic()))
+                time.sleep(0.01)
+
+    def start(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join(timeout=120)
+
+    def check(self, cluster: ClusterServer, fault_at: float) -> None:
+        accepted: dict[str, list[Sent]] = {}
+        for s in self.sent:
+            if s.status == 200 and s.duplicate is False:
+                accepted.setdefault(s.token, []).append(s)
+        assert all(len(v) == 1 for v in accepted.values()), "a once token accepted twice"
+        streamed = [e["token_id"] for _, e in layout.stream_rows(cluster.client())]
+        assert sorted(streamed) == sorted(accepted), "an answered submission missing from the streams, or extra"
+        statuses = {s.status for s in self.sent}
+        assert statuses <= {200, 409, 503, 0}, statuses
+        failures = [s.at for s in self.sent if s.status in (503, 0)]
+        assert failures, "the fault was not felt: the test proves nothing"
+        assert max(failures) - fault_at < 10, "not back to normal within 10 s"
+        assert [s for s in self.sent if s.at > fault_at + 10 and s.status not in (200, 409)] == []
+
+
+def issue_many(url: str, n: int) -> list[dict[str, str]]:
+    answers: list[dict[str, str]] = []
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for _ in range(n // 20):
+            body = [{"run_id": str(uuid.uuid4()), "feedback_key": "k"} for _ in range(20)]
+            r = http.post(TOKENS, json=body, headers=AUTH)
+            assert r.status_code == 200, r.text
+            answers += r.json()
+    return answers
+
+
+@pytest.fixture
+def cluster_node(fresh_cluster: ClusterServer, keys_dir, live_server) -> LiveServer:
+    return live_server(live_env(fresh_cluster, keys_dir, FEEDBACK_REDIS_TIMEOUT="1"))  # type: ignore[arg-type]
+
+
+def test_a_primary_killed_under_load_costs_a_few_503s_and_nothing_else(fresh_cluster, cluster_node):
+    answers = issue_many(cluster_node.url, 600)
+    load = Load(cluster_node.url, answers).start()
+    time.sleep(1.5)
+    victim = fresh_cluster.primaries()[1]
+    assert victim.proc is not None
+    victim.proc.kill()  # SIGKILL: its replica is promoted after the node timeout (1.5 s)
+    victim.proc.wait()
+    fault_at = time.monotonic()
+    load.join()
+    load.check(fresh_cluster, fault_at)
+
+
+def test_a_slot_migrated_under_load_costs_nothing(fresh_cluster, cluster_node):
+    answers = issue_many(cluster_node.url, 600)
+    source, target = fresh_cluster.primaries()[:2]
+    ids = {n.port: n.client().cluster("myid") for n in (source, target)}
+    load = Load(cluster_node.url, answers).start()
+    time.sleep(1)
+    fault_at = time.monotonic()
+    # Move 1,000 slots (shards among them) from one primary to another while submissions go on.
+    subprocess.run(
+        ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{source.port}",
+         "--cluster-from", ids[source.port], "--cluster-to", ids[target.port],
+         "--cluster-slots", "1000", "--cluster-yes", "--cluster-pipeline", "10"],
+        check=True, capture_output=True, timeout=60,
+    )
+    load.join()
+    accepted = {s.token for s in load.sent if s.status == 200 and s.duplicate is False}
+    streamed = [e["token_id"] for _, e in layout.stream_rows(fresh_cluster.client())]
+    assert sorted(streamed) == sorted(accepted)
+    per_token: dict[str, int] = {}
+    for s in load.sent:
+        if s.status == 200 and s.duplicate is False:
+            per_token[s.token] = per_token.get(s.token, 0) + 1
+    assert set(per_token.values()) <= {1}
+    late = [s for s in load.sent if s.at > fault_at + 10 and s.status not in (200, 409)]
+    assert late == []
