@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test bench lint clean
+.PHONY: install run demo cluster test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ run: $(STAMP)
 ## make demo: `make run` plus the widget demo on http://$(HOST):$(PORT)/demo
 demo: $(STAMP)
 	exec $(BIN)/feedback-tokens dev --root $(DEV_ROOT) --host $(HOST) --port $(PORT) --demo
+
+CLUSTER_PORT ?= 30001
+
+## make cluster: `make run` on a private 3-primary Redis Cluster (ports $(CLUSTER_PORT) and the two after)
+cluster: $(STAMP)
+	exec $(BIN)/feedback-tokens dev --root $(DEV_ROOT) --host $(HOST) --port $(PORT) --cluster $(CLUSTER_PORT)
 
 ## make test: the whole suite, against Redis servers the tests start themselves; first installs
 ## the Debian packages it needs when missing (listed in tests/system-packages)

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from app.config import Settings
 from app.keys.key import ALGORITHMS, DEFAULT_ALG, KeyringError
 from app.keys.keyring import KeyringDir
+from app.store.connect import display_url
 
 
 def _keys_dir(args: argparse.Namespace) -> KeyringDir:
@@ -167,7 +170,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.dev import run_dev
 
-    return run_dev(Path(args.root), args.port, args.host, args.demo)
+    return run_dev(Path(args.root), args.port, args.host, args.demo, args.cluster)
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    """Print every feedback stream a consumer must read, one per line (for scripts), found in
+    the Redis of ``REDIS_URL`` (``--offline``: the configured shards only, without asking Redis)."""
+    import asyncio
+
+    from app.store.connect import connect, discover_streams
+    from app.store.keyspace import Keyspace
+
+    settings = Settings.from_env()
+    keyspace = Keyspace(settings.redis_prefix, settings.shards)
+    if args.offline:
+        streams = keyspace.streams()
+    else:
+
+        async def find() -> list[str]:
+            client = await connect(
+                settings.redis_url, settings.redis_cluster, settings.redis_timeout  # type: ignore[arg-type]
+            )
+            try:
+                return await discover_streams(client, keyspace)
+            finally:
+                await client.aclose()
+
+        try:
+            streams = asyncio.run(find())
+        except RedisError as err:
+            print(f"feedback-tokens: Redis at {display_url(settings.redis_url)} did not answer: {err}", file=sys.stderr)
+            return 1
+    for stream in streams:
+        print(stream)
+    return 0
 
 
 _ALG_HELP = (
@@ -224,7 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--demo", action="store_true", help="also serve /demo (FEEDBACK_DEMO=1)")
+    dev.add_argument(
+        "--cluster", nargs="?", type=int, const=30001, default=None, metavar="FIRST_PORT",
+        help="a private 3-primary Redis Cluster instead of one Redis, on FIRST_PORT (30001) and the two after it",
+    )
     dev.set_defaults(func=cmd_dev)
+
+    streams = sub.add_parser(
+        "streams", help="list the feedback streams (one per shard) a consumer must read, from REDIS_URL"
+    )
+    streams.add_argument("--offline", action="store_true", help="the configured shards' names, without asking Redis")
+    streams.set_defaults(func=cmd_streams)
     return parser
 
 

@@ -149,6 +149,72 @@ def start_private_redis(
     sys.exit("redis-server did not start within 5 s")
 
 
+CLUSTER_PORT = 30001
+
+
+def _cluster_ok(port: int) -> bool:
+    try:
+        info = redis.Redis(port=port, socket_timeout=1).cluster("info")
+    except redis.RedisError:
+        return False
+    return bool(info.get("cluster_state") == "ok")
+
+
+def start_private_cluster(root: Path, processes: Processes, first_port: int = CLUSTER_PORT) -> str:
+    """``make cluster``: a local Redis Cluster of three primaries (no replicas) on ``first_port``
+    and the two ports after it (30001-30003 by default; their cluster bus ports, 10000 higher, must
+    be free too), with its data (append-only) under ``.run/cluster``. Reused if it already runs.
+    Returns the URL of one node: the service learns the others from it."""
+    ports = tuple(range(first_port, first_port + 3))
+    url = f"redis://127.0.0.1:{ports[0]}/0"
+    if all(_cluster_ok(port) for port in ports):
+        return url  # already running (another `make cluster` in this checkout)
+    for tool in ("redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: `apt-get install redis-server redis-tools`")
+    base = (root / ".run" / "cluster").resolve()
+    fresh = False
+    for port in ports:
+        data = base / str(port)
+        data.mkdir(parents=True, exist_ok=True)
+        fresh = fresh or not (data / "nodes.conf").exists()
+        for taken in (port, port + 10000):
+            probe = _bindable("127.0.0.1", taken)
+            if probe is None:
+                sys.exit(
+                    f"port {taken} is in use: `make cluster` needs {first_port}-{first_port + 2} and "
+                    f"{first_port + 10000}-{first_port + 10002} free (pick others: `make cluster CLUSTER_PORT=...`)"
+                )
+            probe.close()
+        processes.start([
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--maxmemory-policy", "noeviction", "--logfile", str(data / "redis.log"),
+        ])
+    for port in ports:
+        for _ in range(100):
+            try:
+                redis.Redis(port=port, socket_timeout=1).ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        else:
+            sys.exit(f"redis-server on {port} did not start; see {base / str(port) / 'redis.log'}")
+    if fresh:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+    deadline = time.monotonic() + 30
+    while not all(_cluster_ok(port) for port in ports):
+        if time.monotonic() > deadline:
+            sys.exit(f"the cluster did not come up; see the logs under {base}")
+        time.sleep(0.1)
+    return url
+
+
 def _bindable(host: str, port: int) -> socket.socket | None:
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -219,10 +285,13 @@ def serve(sock: socket.socket) -> None:
         raise Stop(hangups[0])
 
 
-def run_dev(root: Path, port: int, host: str = "127.0.0.1", demo: bool = False) -> int:
+def run_dev(
+    root: Path, port: int, host: str = "127.0.0.1", demo: bool = False, cluster: int | None = None
+) -> int:
+    """``cluster``: the first port of a private Redis Cluster to run instead of one Redis."""
     try:
         with stopped_by_signals(), Processes() as processes:
-            _run(root, port, host, demo, processes)
+            _run(root, port, host, demo, processes, cluster)
     except Stop as stop:
         print(f"stopped by {signal.Signals(stop.signum).name}; everything `make run` started is stopped", flush=True)
         # End the way the signal would have ended us, so whoever sent it sees that.
@@ -231,7 +300,7 @@ def run_dev(root: Path, port: int, host: str = "127.0.0.1", demo: bool = False) 
     return 0
 
 
-def _run(root: Path, port: int, host: str, demo: bool, processes: Processes) -> None:
+def _run(root: Path, port: int, host: str, demo: bool, processes: Processes, cluster: int | None = None) -> None:
     sock = listen(host, port)
     keys_dir = Path(os.environ.get("FEEDBACK_KEYS_DIR") or root / "keys")
     kid = KeyringDir(keys_dir).init(DEFAULT_ALG)
@@ -243,7 +312,11 @@ def _run(root: Path, port: int, host: str, demo: bool, processes: Processes) -> 
         os.environ["FEEDBACK_API_KEYS"] = api_key
     if demo:
         os.environ["FEEDBACK_DEMO"] = "1"
-    if not os.environ.get("REDIS_URL"):
+    if cluster is not None:
+        os.environ["REDIS_URL"] = start_private_cluster(root, processes, cluster)
+        print(f"private Redis Cluster of 3 primaries at 127.0.0.1:{cluster}-{cluster + 2} "
+              f"(data in {root / '.run' / 'cluster'})")
+    elif not os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"], _ = start_private_redis(root, processes)
         print(f"private Redis at {os.environ['REDIS_URL']} (data in {root / '.run' / 'redis'}, append-only)")
     os.environ["FEEDBACK_KEYS_DIR"] = str(keys_dir)

@@ -21,12 +21,13 @@ from conftest import RedisServer
 from redis.cluster import RedisCluster
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (10000 higher) is free too: both must be <= 65535."""
+def cluster_port(count: int = 1) -> int:
+    """The first of ``count`` free ports in a row whose cluster bus ports (10000 higher) are free
+    too (both must be <= 65535)."""
     for _ in range(200):
         port = random.randint(20000, 55000)
         try:
-            for candidate in (port, port + 10000):
+            for candidate in [p + bus for p in range(port, port + count) for bus in (0, 10000)]:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", candidate))
         except OSError:

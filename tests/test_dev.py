@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis
 from conftest import ROOT, free_port
+from support_cluster import cluster_port
 
 DEADLINE = 60  # seconds: a bound on each wait, never a measured assertion
 
@@ -109,13 +110,16 @@ CASES = [
     ("run", signal.SIGINT, "group"),  # Ctrl-C in the terminal
     ("run", signal.SIGHUP, "group"),  # the terminal closed
     ("demo", signal.SIGTERM, "make"),
+    ("cluster", signal.SIGTERM, "make"),
+    ("cluster", signal.SIGINT, "group"),
 ]
 
 
 @pytest.mark.parametrize(("target", "sig", "to"), CASES, ids=lambda v: getattr(v, "name", v))
 def test_a_signal_stops_everything_it_started(dev_root, target, sig, to):
     port = free_port()
-    proc = make(target, dev_root, f"PORT={port}")
+    extra = [f"CLUSTER_PORT={cluster_port(3)}"] if target == "cluster" else []
+    proc = make(target, dev_root, f"PORT={port}", *extra)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(proc, base)
@@ -126,6 +130,9 @@ def test_a_signal_stops_everything_it_started(dev_root, target, sig, to):
         assert any(p.argv.startswith("redis-server") and p.ppid == server.pid for p in tree), tree
         if target == "demo":
             assert httpx.get(f"{base}/demo").status_code == 200
+        if target == "cluster":  # three nodes, and the service knows it runs on a cluster
+            assert len([p for p in tree if p.argv.startswith("redis-server") and "cluster" not in p.argv]) == 0
+            assert len([p for p in tree if p.argv.startswith("redis-server")]) == 3
         started = [p.pid for p in tree]
         os.killpg(proc.pid, sig) if to == "group" else proc.send_signal(sig)
         proc.wait(timeout=DEADLINE)
@@ -140,6 +147,8 @@ def test_a_signal_stops_everything_it_started(dev_root, target, sig, to):
     output = proc.stdout.read() if proc.stdout else ""
     assert "Application shutdown complete" in output, output  # stopped gracefully, not killed
     assert f"stopped by {sig.name}" in output, output
+    if target == "cluster":
+        assert "private Redis Cluster of 3 primaries" in output, output
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 

@@ -92,6 +92,7 @@ class FeedbackService:
         self.keys = keys
         self.clock = clock
         self.redirect_origins = policy.allowed_origins(settings.redirect_origins)
+        self._last_created_us = 0
 
     def url(self, jwt: str, token_id: uuid.UUID) -> str:
         """The token's URL: the JWT, so that it verifies with no lookup, then the token id as the
@@ -151,7 +152,10 @@ class FeedbackService:
         now = self.clock.now()
         requests, batch = issuance.parse(body, now, s.default_ttl, s.max_ttl, self.redirect_origins)
         shard = self.store.next_shard()
-        created_us = int(now * 1_000_000)
+        # Strictly increasing within this process (a batch takes one µs per token), so that
+        # listings, which merge a run's shards by creation time, keep the order of issuance.
+        created_us = self._last_created_us = max(int(now * 1_000_000), self._last_created_us + 1)
+        self._last_created_us += len(requests) - 1
         answers, stored, runs = [], [], {}
         for i, req in enumerate(requests):
             token_id = new_token_id(shard, req.run_id)
