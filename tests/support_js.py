@@ -9,6 +9,7 @@ module with ``tests/js`` as its working directory (so ``import ... from "langsmi
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -32,6 +33,13 @@ class NodeRun:
 
 
 def ensure_node_modules() -> None:
+    # Under pytest-xdist several workers get here at once: one installs, the others wait for it.
+    with open(JS / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _install_if_missing()
+
+
+def _install_if_missing() -> None:
     if INSTALLED.exists() and INSTALLED.stat().st_mtime >= LOCK.stat().st_mtime:
         return
     npm = shutil.which("npm")

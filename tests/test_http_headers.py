@@ -23,6 +23,8 @@ HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 ORIGINS = ["https://evil.example", "http://localhost:3000", "null", "https://app.example.com:8443"]
 # Public, cacheable on purpose (no secret in them): everything else is no-store.
 CACHEABLE = {"/.well-known/jwks.json", "/widget.js"}
+# A fixed id: parameters must be the same in every pytest-xdist worker.
+SOME_ID = "0b5e4c2e-6d0f-4b8e-9c1a-2f3d4e5f6a7b"
 
 
 @pytest.fixture
@@ -66,10 +68,10 @@ def test_any_page_may_submit_to_a_token_url_without_credentials(client, origin, 
     [
         (TOKENS, "POST", "content-type,x-api-key"),  # issuance
         (TOKENS, "GET", "x-api-key"),  # listing
-        (f"{TOKENS}/{uuid.uuid4()}", "DELETE", "x-api-key"),  # revocation
-        (f"{TOKENS}/{uuid.uuid4()}", "DELETE", ""),  # revocation, even without the key header
-        (f"{TOKENS}/{uuid.uuid4()}", "POST", "content-type,authorization"),
-        (f"{TOKENS}/{uuid.uuid4()}", "PUT", "content-type"),
+        (f"{TOKENS}/{SOME_ID}", "DELETE", "x-api-key"),  # revocation
+        (f"{TOKENS}/{SOME_ID}", "DELETE", ""),  # revocation, even without the key header
+        (f"{TOKENS}/{SOME_ID}", "POST", "content-type,authorization"),
+        (f"{TOKENS}/{SOME_ID}", "PUT", "content-type"),
     ],
 )
 def test_api_key_endpoints_are_not_callable_cross_origin(client, path, method, headers):
