@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 from app.keys.keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
@@ -121,6 +122,40 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(Path(args.root), args.port)
 
 
+def cmd_deliver(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from app.config import ConfigError
+    from app.delivery import runner
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        if args.status:
+            return asyncio.run(runner.status(settings, args.group))
+        if not args.to:
+            print("feedback-tokens deliver: give --to TARGET (or --status)", file=sys.stderr)
+            return 2
+        request = runner.Request(
+            args.to, args.group, args.consumer, args.batch, args.claim_idle, args.max_failures, args.metrics_port
+        )
+        return asyncio.run(runner.deliver(settings, request))
+    except ConfigError as err:
+        print(f"feedback-tokens deliver: {err}", file=sys.stderr)
+        return 2
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(raw: str) -> int | float:
+        value = kind(raw)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {raw}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feedback-tokens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +194,28 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="list keys and their states; warns (exit 1) about problems")
     actions.add_parser("jwks", help="print the JWK Set (pending and active public keys)")
     keys.set_defaults(func=cmd_keys)
+
+    deliver = sub.add_parser(
+        "deliver", help="deliver the feedback streams to a target, at least once (or --status)"
+    )
+    deliver.add_argument(
+        "--to", metavar="TARGET",
+        help="jsonl:PATH, jsonl:- (stdout), webhook:URL, postgresql://... or python:MODULE:CLASS",
+    )
+    deliver.add_argument("--group", help="consumer group (default: named after the target)")
+    deliver.add_argument("--consumer", help="this deliverer's name in the group (default: the host name)")
+    deliver.add_argument("--batch", type=_positive(int), default=500, help="entries per delivery (default 500)")
+    deliver.add_argument(
+        "--claim-idle", type=_positive(float), default=60.0, metavar="SECONDS",
+        help="take over entries a stopped deliverer left unacknowledged this long (default 60)",
+    )
+    deliver.add_argument(
+        "--max-failures", type=_positive(int), default=5, metavar="N",
+        help="dead-letter an entry after N failed deliveries (default 5)",
+    )
+    deliver.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
+    deliver.add_argument("--status", action="store_true", help="show each group's lag, pending and dead letters")
+    deliver.set_defaults(func=cmd_deliver)
 
     dev = sub.add_parser("dev", help="development server: private Redis, key, API key (make run)")
     dev.add_argument("--root", default=".")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from app.domain.policy import origin
 
@@ -26,14 +30,14 @@ class Secret:
     __str__ = __repr__
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1, unit: str = "seconds") -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError as err:
-        raise ConfigError(f"{name} must be a whole number of seconds, got {raw!r}") from err
+        raise ConfigError(f"{name} must be a whole number of {unit}, got {raw!r}") from err
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -79,6 +83,64 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How a feedback stream that no consumer group reads is trimmed: entries older than
+    ``amount`` ms (``age``), all but the newest ``amount`` entries (``length``), or not at all
+    (``off``). A stream that has a group is trimmed only of what every group acknowledged."""
+
+    kind: Literal["age", "length", "off"]
+    amount: int = 0
+
+    @classmethod
+    def parse(cls, raw: str, name: str = "FEEDBACK_STREAM_RETENTION") -> Retention:
+        text = raw.strip().lower()
+        if text == "off":
+            return cls("off")
+        length = re.fullmatch(r"([0-9]+) *entries", text)
+        if length and int(length[1]) > 0:
+            return cls("length", int(length[1]))
+        age = re.fullmatch(r"([0-9]+)([smhd])", text)
+        if age and int(age[1]) > 0:
+            return cls("age", int(age[1]) * _UNITS_MS[age[2]])
+        raise ConfigError(
+            f"{name} must be an age like 7d, 12h, 30m or 600s, a length like '1000000 entries', "
+            f"or off; got {raw!r}"
+        )
+
+    def __str__(self) -> str:
+        if self.kind == "length":
+            return f"{self.amount} entries"
+        if self.kind == "age":
+            for unit in "dhms":
+                if self.amount % _UNITS_MS[unit] == 0:
+                    return f"{self.amount // _UNITS_MS[unit]}{unit}"
+            return f"{self.amount / 1000}s"
+        return "off"
+
+
+def _webhook_secret(env: Mapping[str, str], name: str) -> Secret | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    body = raw.removeprefix("whsec_")
+    try:
+        # Padding is optional in the wild (the standardwebhooks package adds it back too).
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True) if body != raw else b""
+    except binascii.Error:
+        key = b""
+    if not 24 <= len(key) <= 64:
+        raise ConfigError(
+            f"{name} must be whsec_ followed by 24 to 64 random bytes in base64 (the Standard Webhooks "
+            "form; make one with: python3 -c 'import base64, os; "
+            "print(\"whsec_\" + base64.b64encode(os.urandom(32)).decode())')"
+        )
+    return Secret(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -108,6 +170,14 @@ class Settings:
     jwks_refresh: float = 4.0
     # Least seconds between the extra fetches that unknown kids trigger (forged kids are free).
     jwks_refetch_floor: float = 10.0
+    # Signs webhook deliveries (`feedback-tokens deliver --to webhook:URL`), whsec_<base64>.
+    webhook_secret: Secret | None = None
+    # How streams that no consumer group reads are trimmed (streams with groups: see Retention).
+    stream_retention: Retention = field(default_factory=lambda: Retention("age", 7 * _UNITS_MS["d"]))
+    # A group this many entries behind (not yet acknowledged) is logged as a warning.
+    lag_warning: int = 100_000
+    # Seconds between the service's looks at its streams (retention trimming, lag warnings).
+    stream_check_interval: float = 60.0
 
     @property
     def stream_key(self) -> str:
@@ -142,4 +212,8 @@ class Settings:
             jwks_url=_url(env, "FEEDBACK_JWKS_URL"),
             jwks_refresh=_float(env, "FEEDBACK_JWKS_REFRESH", cls.jwks_refresh),
             jwks_refetch_floor=_float(env, "FEEDBACK_JWKS_REFETCH_FLOOR", cls.jwks_refetch_floor),
+            webhook_secret=_webhook_secret(env, "FEEDBACK_WEBHOOK_SECRET"),
+            stream_retention=Retention.parse(env.get("FEEDBACK_STREAM_RETENTION", "").strip() or "7d"),
+            lag_warning=_int(env, "FEEDBACK_LAG_WARNING", cls.lag_warning, unit="entries"),
+            stream_check_interval=_float(env, "FEEDBACK_STREAM_CHECK_INTERVAL", cls.stream_check_interval),
         )

@@ -21,6 +21,7 @@ from app.errors import (
     TokenUsed,
 )
 from app.keys.source import KeySource
+from app.store.entry import STRINGS, literal_strings
 from app.store.store import Outcome, Store, TokenState, encode_field
 
 TOKEN_PATH = "/api/v1/feedback/tokens/"
@@ -251,6 +252,8 @@ class FeedbackService:
             "metadata": encode_field(submission.metadata),
             "created_at": created_at,
         }
+        if strings := literal_strings(submission.value, submission.comment, submission.correction):
+            entry[STRINGS] = strings  # "5" the string, not 5 the number (app/store/entry.py)
         return await self.store.submit(
             token_id,
             submission.fingerprint(),
