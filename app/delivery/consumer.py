@@ -82,6 +82,7 @@ class Options:
     rediscover: float = 30.0
     trim_every: float = 1.0
     stats_every: float = 5.0
+    grace: float = 10.0  # once asked to stop, how long the batch in hand may take to finish
 
 
 @dataclass(slots=True)
@@ -124,45 +125,63 @@ class Deliverer:
         self._to_bury: list[tuple[Held, str]] = []
         self._to_trim: set[str] = set()
         self._stop = asyncio.Event()
+        self._started = False
         self._next: dict[str, float] = {}
 
     # -- running -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Deliver until ``stop`` is set (or the task is cancelled)."""
+        """Deliver until ``stop`` is set (or the task is cancelled). Once asked to stop, the batch
+        in hand gets ``grace`` seconds to finish; then what was delivered is acknowledged."""
         if stop is not None:
             self._stop = stop
         heartbeat = asyncio.create_task(self._heartbeat())
-        delay = self.options.backoff
-        started = False
+        work = asyncio.create_task(self._work())
         try:
-            while not self._stop.is_set():
-                try:
-                    if not started:
-                        await self._start()
-                        started = True
-                    busy = await self._cycle()
-                    delay = self.options.backoff
-                except Stopping:
-                    break
-                except RedisError as err:
-                    if isinstance(err, ResponseError) and "NOGROUP" in str(err):
-                        log.warning("a stream lost group %s (deleted or recreated); creating it again", self.group)
-                        self._next.pop("discover", None)
-                        continue
-                    log.warning("Redis: %s: %s; trying again in %.1fs", type(err).__name__, err, delay)
-                    busy = False
-                    await self._pause(jitter(delay))
-                    delay = min(delay * 2, self.options.max_backoff)
-                    continue
-                if not busy:
-                    await self._pause(self.options.poll)
-            if started:
+            asked = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({work, asked}, return_when=asyncio.FIRST_COMPLETED)
+            asked.cancel()
+            if not work.done():
+                await asyncio.wait({work}, timeout=self.options.grace)
+            if not work.done():
+                log.warning("the batch in hand did not finish within %.0fs; it stays pending", self.options.grace)
+                work.cancel()
+                await asyncio.wait({work})
+            if not work.cancelled():
+                work.result()  # an unexpected failure of the loop surfaces here
+            if self._started:
                 await self._settle()
         finally:
             heartbeat.cancel()
+            work.cancel()
             if isinstance(self.target, Closable):
-                await self.target.aclose()
+                try:
+                    await asyncio.wait_for(self.target.aclose(), 10)
+                except TimeoutError:
+                    log.warning("the target did not close within 10s")
+
+    async def _work(self) -> None:
+        delay = self.options.backoff
+        while not self._stop.is_set():
+            try:
+                if not self._started:
+                    await self._start()
+                    self._started = True
+                busy = await self._cycle()
+                delay = self.options.backoff
+            except Stopping:
+                return
+            except RedisError as err:
+                if isinstance(err, ResponseError) and "NOGROUP" in str(err):
+                    log.warning("a stream lost group %s (deleted or recreated); creating it again", self.group)
+                    self._next.pop("discover", None)
+                    continue
+                log.warning("Redis: %s: %s; trying again in %.1fs", type(err).__name__, err, delay)
+                await self._pause(jitter(delay))
+                delay = min(delay * 2, self.options.max_backoff)
+                continue
+            if not busy:
+                await self._pause(self.options.poll)
 
     async def _pause(self, seconds: float) -> None:
         try:

@@ -28,8 +28,7 @@ log = logging.getLogger("feedback_tokens.delivery")
 # ARGV[2] the retention's amount: milliseconds ('age') or entries ('length')
 # With groups: XTRIM MINID <the oldest id any group still needs>, which is a group's oldest
 # pending entry or, when it has none older, the entry after the last one delivered to it.
-# Without: entries older than ARGV[2] ms (by Redis's clock) or beyond the newest ARGV[2]
-# (approximately: whole stream nodes, so never more than asked).
+# Without: entries older than ARGV[2] ms (by Redis's clock), or all but the newest ARGV[2].
 # Returns {entries removed, 'groups' | 'retention' | 'none'}
 TRIM = """
 local function parse(id)
@@ -46,9 +45,9 @@ if #groups == 0 then
     local now = redis.call('TIME')
     local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
     if cutoff <= 0 then return {0, 'retention'} end
-    return {redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', cutoff)), 'retention'}
+    return {redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', cutoff)), 'retention'}
   elseif ARGV[1] == 'length' then
-    return {redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2]), 'retention'}
+    return {redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2]), 'retention'}
   end
   return {0, 'none'}
 end
