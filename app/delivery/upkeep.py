@@ -52,21 +52,34 @@ class Upkeep:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> Upkeep:
         self._task = asyncio.create_task(self._run())
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Ends the task. The flag matters as much as the cancel: a cancellation that lands as a
+        Redis call times out can reach the loop as a Redis timeout, and the loop goes on."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._task.cancel()
+        await asyncio.wait({self._task}, timeout=5)
+        if not self._task.done():
+            log.warning("the stream checks did not stop within 5 s")
+        self._task = None
+
+    async def _pause(self) -> bool:
+        """Wait one interval; False once asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.settings.stream_check_interval)
+        return not self._stopping.is_set()
 
     async def _run(self) -> None:
         s = self.settings
-        await asyncio.sleep(s.stream_check_interval)  # nothing to do (nor to connect) at start-up
+        if not await self._pause():  # nothing to do (nor to connect) at start-up
+            return
         client = await connect(s.redis_url, timeout=s.redis_timeout, pool_size=2)
         keyspace = Keyspace(s.redis_prefix)
         try:
@@ -75,6 +88,7 @@ class Upkeep:
                     await check_streams(client, keyspace, s)
                 except RedisError as err:
                     log.warning("stream check failed: %s: %s", type(err).__name__, err)
-                await asyncio.sleep(s.stream_check_interval)
+                if not await self._pause():
+                    return
         finally:
             await client.aclose()
