@@ -3,8 +3,9 @@ a target, at least once.
 
 One loop, with single-key commands only (so it runs on one Redis and on Redis Cluster alike):
 
-1. Streams come from ``discover_streams`` (again every ``rediscover`` seconds); the group is
-   created on each (from the oldest entry still there) when missing.
+1. Streams come from ``discover_streams`` (again every ``rediscover`` seconds, which is cheap);
+   the group is created on each new one (from the oldest entry still there), and checked on
+   every stream every ``recheck`` seconds (a stream deleted and written again lost its groups).
 2. On start, the consumer's own pending entries are read again (``XREADGROUP ... 0``): what a
    previous run under the same consumer name read and did not acknowledge.
 3. Then new entries (``XREADGROUP ... >``, one pipeline over all streams), and every
@@ -76,10 +77,13 @@ class Options:
     batch: int = 500
     max_failures: int = 5
     claim_idle: float = 60.0  # seconds an entry sits unacknowledged before another consumer takes it
-    poll: float = 0.1  # pause when no stream had anything new
+    # Pause when the streams had nothing more than what was read: a caught-up deliverer reads
+    # ~20 times a second (so entries wait at most this long) instead of spinning on tiny batches.
+    poll: float = 0.05
     backoff: float = 0.5  # first retry delay; doubles per failed attempt, with jitter
     max_backoff: float = 30.0
-    rediscover: float = 30.0
+    rediscover: float = 1.0
+    recheck: float = 30.0
     trim_every: float = 1.0
     stats_every: float = 5.0
     grace: float = 10.0  # once asked to stop, how long the batch in hand may take to finish
@@ -126,6 +130,7 @@ class Deliverer:
         self._to_trim: set[str] = set()
         self._stop = asyncio.Event()
         self._started = False
+        self._more = False
         self._next: dict[str, float] = {}
 
     # -- running -------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ class Deliverer:
                 if not self._started:
                     await self._start()
                     self._started = True
-                busy = await self._cycle()
+                more = await self._cycle()
                 delay = self.options.backoff
             except Stopping:
                 return
@@ -175,12 +180,13 @@ class Deliverer:
                 if isinstance(err, ResponseError) and "NOGROUP" in str(err):
                     log.warning("a stream lost group %s (deleted or recreated); creating it again", self.group)
                     self._next.pop("discover", None)
+                    self._next.pop("recheck", None)
                     continue
                 log.warning("Redis: %s: %s; trying again in %.1fs", type(err).__name__, err, delay)
                 await self._pause(jitter(delay))
                 delay = min(delay * 2, self.options.max_backoff)
                 continue
-            if not busy:
+            if not more:
                 await self._pause(self.options.poll)
 
     async def _pause(self, seconds: float) -> None:
@@ -252,24 +258,26 @@ class Deliverer:
                 if "BUSYGROUP" not in str(err):
                     raise
         self.streams = streams
-        self._next["discover"] = asyncio.get_running_loop().time() + self.options.rediscover
 
     async def _cycle(self) -> bool:
+        """One round; True when more is waiting already (go again without a pause)."""
         await self._flush()
         if self._due("discover", self.options.rediscover):
-            await self._discover(recheck=True)
+            await self._discover(recheck=self._due("recheck", self.options.recheck))
         held: list[Held] = []
         if self._due("claim", self.options.claim_idle / 2):
             held = await self._claim()
+        more = bool(held)
         if not held:
             held = await self._read_new()
+            more = self._more
         if held:
             await self._deliver(held)
         if self._due("trim", self.options.trim_every):
             await self._trim()
         if self._due("stats", self.options.stats_every):
             await self._stats()
-        return bool(held)
+        return more
 
     async def _settle(self) -> None:
         """On the way out: acknowledge and trim what is done (best effort)."""
@@ -315,8 +323,10 @@ class Deliverer:
                 pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
             replies = await pipe.execute()
         held: list[Held] = []
-        for (stream, _), reply in zip(plan, replies, strict=True):
+        self._more = False
+        for (stream, count), reply in zip(plan, replies, strict=True):
             rows = reply[0][1] if reply else []
+            self._more |= len(rows) >= count  # that stream may hold more already
             self._counts[stream] = min(batch, max(base, 2 * len(rows)))
             held += self._take(stream, rows)
         return held
