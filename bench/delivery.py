@@ -179,23 +179,25 @@ class Timed:
         await self.target.aclose()
 
 
-async def deliver_all(url: str, target: Any, n: int, batch: int) -> float:
+async def deliver_all(url: str, target: Any, n: int, batch: int) -> tuple[float, float]:
+    """(entries per second of wall time, entries per second of this process's CPU time)."""
     client = await connect(url, pool_size=8)
     timed = Timed(target, n)
     deliverer = Deliverer(client, Keyspace("fbt"), timed, Options(group="bench", batch=batch), Retention("off"))
     stop = asyncio.Event()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     running = asyncio.create_task(deliverer.run(stop))
     await asyncio.wait_for(timed.done.wait(), 600)
+    cpu = time.process_time() - cpu
     stop.set()
     await running
     await client.aclose()
     if timed.count != n:
         raise RuntimeError(f"delivered {timed.count} of {n}")
-    return n / (timed.finished - started)
+    return n / (timed.finished - started), n / cpu
 
 
-def throughput(servers: Servers, target: str, n: int, shards: int, batch: int) -> float:
+def throughput(servers: Servers, target: str, n: int, shards: int, batch: int) -> tuple[float, float]:
     keyspace = Keyspace("fbt")
     streams = [keyspace.legacy_stream] if shards == 1 else keyspace.streams(shards)
     fill(servers.redis_url, streams, n)
@@ -207,12 +209,12 @@ def throughput(servers: Servers, target: str, n: int, shards: int, batch: int) -
         with psycopg.connect(servers.pg_url, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS feedback")
         sink = PostgresTarget(servers.pg_url)
-    rate = asyncio.run(deliver_all(servers.redis_url, sink, n, batch))
+    rates = asyncio.run(deliver_all(servers.redis_url, sink, n, batch))
     if target == "postgresql":
         with psycopg.connect(servers.pg_url) as conn:
             found = conn.execute("SELECT count(*) FROM feedback").fetchone()
         assert found is not None and found[0] == n, found
-    return rate
+    return rates
 
 
 # -- latency ----------------------------------------------------------------------------------------
@@ -373,9 +375,11 @@ def main() -> int:
     try:
         for target, n in (("jsonl", n_jsonl), ("postgresql", n_pg)) if "throughput" in parts else ():
             for shards in (1, 16):
-                rate = throughput(servers, target, n, shards, args.batch)
-                results[f"{target}_{shards}_stream{'s' if shards > 1 else ''}_per_s"] = round(rate)
-                print(f"{target:<10} {shards:>2} stream(s)  {n:>7} entries  {rate:>9,.0f} entries/s", flush=True)
+                rate, per_cpu = throughput(servers, target, n, shards, args.batch)
+                name = f"{target}_{shards}_stream{'s' if shards > 1 else ''}"
+                results[f"{name}_per_s"], results[f"{name}_per_cpu_s"] = round(rate), round(per_cpu)
+                print(f"{target:<10} {shards:>2} stream(s)  {n:>7} entries  {rate:>9,.0f} entries/s  "
+                      f"({per_cpu:,.0f} per CPU second of the deliverer)", flush=True)
         if "latency" not in parts:
             return 0
         lat = latency(servers, args.rate, seconds, warmup=2.0)

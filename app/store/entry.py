@@ -32,6 +32,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 STRINGS = "strings"
 _AMBIGUOUS = ("value", "comment", "correction")
 
@@ -55,15 +57,26 @@ def literal_strings(value: Any, comment: Any, correction: Any) -> str:
     return ",".join(names)
 
 
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # what orjson refuses and the writer may write: integers beyond 64 bits
 
 
 def _number(text: str) -> int | float | None:
+    """A score as json.dumps wrote it: an integer or a float."""
     if text == "":
         return None
-    number = json.loads(text)
-    if isinstance(number, bool) or not isinstance(number, int | float):
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
         raise ValueError(f"score is not a number: {text[:40]!r}")
     return number
 
@@ -74,7 +87,7 @@ def _json_or_text(text: str, literal: bool) -> Any:
     if text == "":
         return None
     try:
-        return json.loads(text)
+        return _loads(text)
     except ValueError:
         return text
 
@@ -122,10 +135,13 @@ class FeedbackEntry:
 
 def decode(stream: str, stream_id: str, fields: dict[Any, Any]) -> FeedbackEntry:
     """Type an entry back; ValueError (or KeyError for a missing field) if it is malformed."""
-    raw = {_text(k): _text(v) for k, v in fields.items()}
-    literal = set(raw.get(STRINGS, "").split(","))
+    raw = {
+        (k.decode() if type(k) is bytes else k): (v.decode() if type(v) is bytes else v) for k, v in fields.items()
+    }
+    strings = raw.get(STRINGS)
+    literal = set(strings.split(",")) if strings else ()
     metadata_text = raw.get("metadata", "")
-    metadata = json.loads(metadata_text) if metadata_text else None
+    metadata = _loads(metadata_text) if metadata_text else None
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError("metadata is not a JSON object")
     comment = raw.get("comment", "")
