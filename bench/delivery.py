@@ -18,6 +18,8 @@ Standalone: it starts its own redis-server and PostgreSQL (Debian's binaries; as
    (includes any queueing before the service answered: if the service can't keep the rate on
    this machine, this grows without bound), and - when the service answered (the delivery
    path alone: stream, deliverer, file). The achieved rate is printed beside them.
+3. **XADD -> target latency** at the same rate, entries written straight into the stream (the
+   deliverer's own latency, whatever the HTTP service manages on this machine).
 
 Goals: >= 20,000 entries/s to JSONL, >= 5,000/s to PostgreSQL, p99 < 1 s at 1,000/s.
 """
@@ -50,6 +52,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+import redis.asyncio  # noqa: E402
 
 from app.config import Retention  # noqa: E402
 from app.delivery.consumer import Deliverer, Options  # noqa: E402
@@ -249,6 +252,45 @@ def issue_tokens(base: str, n: int) -> list[tuple[str, str]]:
     return tokens
 
 
+async def tail(path: Path, n: int, seen: dict[str, float]) -> None:
+    """Note when each feedback id's line appears in the file, until n have."""
+    offset, partial = 0, b""
+    while len(seen) < n:
+        with path.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        now = time.monotonic()
+        offset += len(chunk)
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()
+        for line in lines:
+            seen.setdefault(json.loads(line)["id"], now)
+        await asyncio.sleep(0.002)
+
+
+async def produce(url: str, n: int, rate: float, path: Path) -> list[float]:
+    """Open loop straight into the stream (XADD at ``rate``, the service's entry shape): the
+    delivery path's latency without the HTTP service's capacity in the way."""
+    client = redis.asyncio.Redis.from_url(url)
+    due: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    path.touch()
+    tailer = asyncio.create_task(tail(path, n, seen))
+    stream = Keyspace("fbt").legacy_stream
+    t0 = time.monotonic() + 0.2
+    for i in range(n):
+        at = t0 + i / rate
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        fid = str(uuid.uuid4())
+        due[fid] = at
+        await client.xadd(stream, {"id": fid, "token_id": fid, "run_id": fid, "feedback_key": "user_score",
+                                   "score": "1", "value": "", "comment": "", "correction": "", "metadata": "",
+                                   "created_at": "2026-01-01T00:00:00.000+00:00"})
+    await asyncio.wait_for(tailer, 120)
+    await client.aclose()
+    return [seen[fid] - due[fid] for fid in due]
+
+
 async def drive(port: int, tokens: list[tuple[str, str]], rate: float, path: Path) -> dict[str, Any]:
     """Open loop: submission i is due at t0 + i / rate and goes out on the first idle one of 32
     keep-alive connections (plain asyncio streams: an HTTP client library costs more CPU per
@@ -258,20 +300,6 @@ async def drive(port: int, tokens: list[tuple[str, str]], rate: float, path: Pat
     seen: dict[str, float] = {}
     statuses: dict[int, int] = {}
     queue: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
-
-    async def tail() -> None:
-        offset, partial = 0, b""
-        while len(seen) < len(tokens):
-            with path.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            now = time.monotonic()
-            offset += len(chunk)
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
-            for line in lines:
-                seen.setdefault(json.loads(line)["id"], now)
-            await asyncio.sleep(0.002)
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -296,7 +324,7 @@ async def drive(port: int, tokens: list[tuple[str, str]], rate: float, path: Pat
             writer.close()
 
     path.touch()
-    tailer = asyncio.create_task(tail())
+    tailer = asyncio.create_task(tail(path, len(tokens), seen))
     senders = [asyncio.create_task(connection()) for _ in range(32)]
     t0 = time.monotonic() + 0.2
     for i, (token_id, url) in enumerate(tokens):
@@ -359,12 +387,25 @@ def latency(servers: Servers, rate: float, seconds: float, warmup: float) -> dic
     return summary
 
 
+def stream_latency(servers: Servers, rate: float, seconds: float, warmup: float) -> dict[str, Any]:
+    redis.Redis.from_url(servers.redis_url).flushall()
+    out = servers.dir / "stream-latency.jsonl"
+    out.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "app.cli", "deliver", "--to", f"jsonl:{out}", "--batch", "500"]
+    with process(argv, {"REDIS_URL": servers.redis_url}, servers.dir / "deliver-stream.log"):
+        time.sleep(1.0)
+        measured = asyncio.run(produce(servers.redis_url, int(rate * (seconds + warmup)), rate, out))
+    measured = measured[int(rate * warmup):]
+    return {"entries": len(measured), "p50_ms": round(percentile(measured, 50) * 1000, 1),
+            "p99_ms": round(percentile(measured, 99) * 1000, 1), "max_ms": round(max(measured) * 1000, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--parts", default="throughput,latency", help="what to measure (comma-separated)")
+    parser.add_argument("--parts", default="throughput,latency,stream", help="what to measure (comma-separated)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     # SIGTERM (a timeout, Ctrl-C's cousin) unwinds like an exception, so every server is stopped.
@@ -380,7 +421,13 @@ def main() -> int:
                 results[f"{name}_per_s"], results[f"{name}_per_cpu_s"] = round(rate), round(per_cpu)
                 print(f"{target:<10} {shards:>2} stream(s)  {n:>7} entries  {rate:>9,.0f} entries/s  "
                       f"({per_cpu:,.0f} per CPU second of the deliverer)", flush=True)
+        if "stream" in parts:
+            st = stream_latency(servers, args.rate, seconds, warmup=2.0)
+            results["stream_latency"] = st
+            print(f"XADD -> jsonl at {args.rate:.0f}/s ({st['entries']} entries measured): p50 {st['p50_ms']} ms, "
+                  f"p99 {st['p99_ms']} ms, max {st['max_ms']} ms", flush=True)
         if "latency" not in parts:
+            print(json.dumps(results))
             return 0
         lat = latency(servers, args.rate, seconds, warmup=2.0)
         results["latency"] = lat
