@@ -143,6 +143,22 @@ def test_every_group_gets_everything_and_the_stream_keeps_what_one_still_needs(c
     assert r.xlen(STREAM) == 0  # now both acknowledged everything
 
 
+def test_a_stream_deleted_and_written_again_gets_its_group_back(client, redis_server):
+    r = redis_server.client()
+    first = submit_mix(client, 3)
+    target = Collect()
+    later: dict[tuple[str, int], Any] = {}
+
+    def done() -> bool:
+        if not later and {e.key for e in target.got} == set(first):
+            r.delete(STREAM)  # the stream goes, and with it the group; the service writes on
+            later.update(submit_mix(client, 3))
+        return bool(later) and {e.key for e in target.got} == set(first) | set(later)
+
+    run_until(redis_server, target, done, group="again")
+    assert "again" in {g["name"].decode() for g in r.xinfo_groups(STREAM)}
+
+
 # -- the service's upkeep ---------------------------------------------------------------------------
 
 

@@ -154,7 +154,7 @@ class Deliverer:
                 await asyncio.wait({work})
             if not work.cancelled():
                 work.result()  # an unexpected failure of the loop surfaces here
-            if self._started:
+            if self.streams:
                 await self._settle()
         finally:
             heartbeat.cancel()
@@ -179,8 +179,9 @@ class Deliverer:
             except RedisError as err:
                 if isinstance(err, ResponseError) and "NOGROUP" in str(err):
                     log.warning("a stream lost group %s (deleted or recreated); creating it again", self.group)
+                    self.streams = []  # the next discovery creates the group wherever it is missing
                     self._next.pop("discover", None)
-                    self._next.pop("recheck", None)
+                    await self._pause(self.options.poll)
                     continue
                 log.warning("Redis: %s: %s; trying again in %.1fs", type(err).__name__, err, delay)
                 await self._pause(jitter(delay))
@@ -310,6 +311,7 @@ class Deliverer:
         return held
 
     async def _read_new(self) -> list[Held]:
+        self._more = False
         if not self.streams:
             return []
         batch = self.options.batch
@@ -323,7 +325,6 @@ class Deliverer:
                 pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
             replies = await pipe.execute()
         held: list[Held] = []
-        self._more = False
         for (stream, count), reply in zip(plan, replies, strict=True):
             rows = reply[0][1] if reply else []
             self._more |= len(rows) >= count  # that stream may hold more already
