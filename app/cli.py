@@ -189,7 +189,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
 
         async def find() -> list[str]:
             client = await connect(
-                settings.redis_url, settings.redis_cluster, settings.redis_timeout  # type: ignore[arg-type]
+                settings.redis_url, settings.redis_cluster, settings.redis_timeout
             )
             try:
                 return await discover_streams(client, keyspace)
@@ -210,6 +210,40 @@ _ALG_HELP = (
     f"signing algorithm (default {DEFAULT_ALG}). HS256 is a shared secret: ~30x cheaper to verify, never "
     "published, and every node that verifies its tokens can also sign them"
 )
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from app.config import ConfigError
+    from app.delivery import runner
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        if args.status:
+            return asyncio.run(runner.status(settings, args.group))
+        if not args.to:
+            print("feedback-tokens deliver: give --to TARGET (or --status)", file=sys.stderr)
+            return 2
+        request = runner.Request(
+            args.to, args.group, args.consumer, args.batch, args.claim_idle, args.max_failures, args.metrics_port
+        )
+        return asyncio.run(runner.deliver(settings, request))
+    except ConfigError as err:
+        print(f"feedback-tokens deliver: {err}", file=sys.stderr)
+        return 2
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(raw: str) -> int | float:
+        value = kind(raw)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {raw}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
         "jwks", help="print the JWK Set (pending and active public keys; refused while an HS256 key signs)"
     )
     keys.set_defaults(func=cmd_keys)
+
+    deliver = sub.add_parser(
+        "deliver", help="deliver the feedback streams to a target, at least once (or --status)"
+    )
+    deliver.add_argument(
+        "--to", metavar="TARGET",
+        help="jsonl:PATH, jsonl:- (stdout), webhook:URL, postgresql://... or python:MODULE:CLASS",
+    )
+    deliver.add_argument("--group", help="consumer group (default: named after the target)")
+    deliver.add_argument("--consumer", help="this deliverer's name in the group (default: the host name)")
+    deliver.add_argument("--batch", type=_positive(int), default=500, help="entries per delivery (default 500)")
+    deliver.add_argument(
+        "--claim-idle", type=_positive(float), default=60.0, metavar="SECONDS",
+        help="take over entries a stopped deliverer left unacknowledged this long (default 60)",
+    )
+    deliver.add_argument(
+        "--max-failures", type=_positive(int), default=5, metavar="N",
+        help="dead-letter an entry after N failed deliveries (default 5)",
+    )
+    deliver.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
+    deliver.add_argument("--status", action="store_true", help="show each group's lag, pending and dead letters")
+    deliver.set_defaults(func=cmd_deliver)
 
     dev = sub.add_parser("dev", help="development server: private Redis, key, API key (make run)")
     dev.add_argument("--root", default=".", help="where the key, the API key and the private Redis live")

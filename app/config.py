@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from app.domain.policy import origin
 from app.store.keyspace import MAX_SHARDS
@@ -62,11 +66,13 @@ def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool =
     return value
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = env.get(name, "").strip().lower() or default
-    if raw not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-    return raw
+def _cluster_mode(env: Mapping[str, str]) -> Literal["auto", "yes", "no"]:
+    raw = env.get("FEEDBACK_REDIS_CLUSTER", "").strip().lower() or "auto"
+    if raw == "auto":
+        return "auto"
+    if raw in ("yes", "no"):
+        return "yes" if raw == "yes" else "no"
+    raise ConfigError(f"FEEDBACK_REDIS_CLUSTER must be auto, yes or no, got {raw!r}")
 
 
 def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -94,6 +100,64 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     if not raw.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
     return raw
+
+
+_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How a feedback stream that no consumer group reads is trimmed: entries older than
+    ``amount`` ms (``age``), all but the newest ``amount`` entries (``length``), or not at all
+    (``off``). A stream that has a group is trimmed only of what every group acknowledged."""
+
+    kind: Literal["age", "length", "off"]
+    amount: int = 0
+
+    @classmethod
+    def parse(cls, raw: str, name: str = "FEEDBACK_STREAM_RETENTION") -> Retention:
+        text = raw.strip().lower()
+        if text == "off":
+            return cls("off")
+        length = re.fullmatch(r"([0-9]+) *entries", text)
+        if length and int(length[1]) > 0:
+            return cls("length", int(length[1]))
+        age = re.fullmatch(r"([0-9]+)([smhd])", text)
+        if age and int(age[1]) > 0:
+            return cls("age", int(age[1]) * _UNITS_MS[age[2]])
+        raise ConfigError(
+            f"{name} must be an age like 7d, 12h, 30m or 600s, a length like '1000000 entries', "
+            f"or off; got {raw!r}"
+        )
+
+    def __str__(self) -> str:
+        if self.kind == "length":
+            return f"{self.amount} entries"
+        if self.kind == "age":
+            for unit in "dhms":
+                if self.amount % _UNITS_MS[unit] == 0:
+                    return f"{self.amount // _UNITS_MS[unit]}{unit}"
+            return f"{self.amount / 1000}s"
+        return "off"
+
+
+def _webhook_secret(env: Mapping[str, str], name: str) -> Secret | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    body = raw.removeprefix("whsec_")
+    try:
+        # Padding is optional in the wild (the standardwebhooks package adds it back too).
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True) if body != raw else b""
+    except binascii.Error:
+        key = b""
+    if not 24 <= len(key) <= 64:
+        raise ConfigError(
+            f"{name} must be whsec_ followed by 24 to 64 random bytes in base64 (the Standard Webhooks "
+            "form; make one with: python3 -c 'import base64, os; "
+            "print(\"whsec_\" + base64.b64encode(os.urandom(32)).decode())')"
+        )
+    return Secret(raw)
 
 
 @dataclass(frozen=True)
@@ -133,7 +197,7 @@ class Settings:
     # Shards of the keyspace (hash tags; one feedback stream each). See app/store/keyspace.py.
     shards: int = 16
     # auto: ask the server whether it is a Redis Cluster node; yes / no: don't ask.
-    redis_cluster: str = "auto"
+    redis_cluster: Literal["auto", "yes", "no"] = "auto"
     # Connections per Redis server and process; when all are busy a request answers 503 at once.
     redis_pool_size: int = 64
     # Most live tokens one run may hold in one shard (one request's tokens share a shard).
@@ -141,6 +205,14 @@ class Settings:
     # Seconds between SIGTERM and closing: /readyz answers 503 and answers say Connection: close,
     # so load balancers and clients move away before the listener closes.
     shutdown_drain: float = 3.0
+    # Signs webhook deliveries (`feedback-tokens deliver --to webhook:URL`), whsec_<base64>.
+    webhook_secret: Secret | None = None
+    # How streams that no consumer group reads are trimmed (streams with groups: see Retention).
+    stream_retention: Retention = field(default_factory=lambda: Retention("age", 7 * _UNITS_MS["d"]))
+    # A group this many entries behind (not yet acknowledged) is logged as a warning.
+    lag_warning: int = 100_000
+    # Seconds between the service's looks at its streams (retention trimming, lag warnings).
+    stream_check_interval: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -174,8 +246,12 @@ class Settings:
             jwks_max_age=_float(env, "FEEDBACK_JWKS_MAX_AGE", cls.jwks_max_age),
             max_clock_skew=_int(env, "FEEDBACK_MAX_CLOCK_SKEW", cls.max_clock_skew, minimum=0),
             shards=_int(env, "FEEDBACK_SHARDS", cls.shards, maximum=MAX_SHARDS, unit=""),
-            redis_cluster=_choice(env, "FEEDBACK_REDIS_CLUSTER", ("auto", "yes", "no"), cls.redis_cluster),
+            redis_cluster=_cluster_mode(env),
             redis_pool_size=_int(env, "FEEDBACK_REDIS_POOL", cls.redis_pool_size, unit=""),
             max_run_tokens=_int(env, "FEEDBACK_MAX_RUN_TOKENS", cls.max_run_tokens, unit=""),
             shutdown_drain=_float(env, "FEEDBACK_SHUTDOWN_DRAIN", cls.shutdown_drain, allow_zero=True),
+            webhook_secret=_webhook_secret(env, "FEEDBACK_WEBHOOK_SECRET"),
+            stream_retention=Retention.parse(env.get("FEEDBACK_STREAM_RETENTION", "").strip() or "7d"),
+            lag_warning=_int(env, "FEEDBACK_LAG_WARNING", cls.lag_warning, unit=" of entries"),
+            stream_check_interval=_float(env, "FEEDBACK_STREAM_CHECK_INTERVAL", cls.stream_check_interval),
         )

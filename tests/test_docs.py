@@ -70,3 +70,20 @@ def test_slugs_follow_github():
     assert slug("End users: widget, links, policies") == "end-users-widget-links-policies"
     assert slug("List a run's tokens") == "list-a-runs-tokens"
     assert slug("`make run` and HEAD") == "make-run-and-head"
+
+
+def test_no_file_holds_a_merge_conflict_marker():
+    """A merge left half done must not land: no tracked text file holds a conflict marker."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    marked = []
+    for name in files:
+        path = ROOT / name
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "=======" for line in lines):
+            marked.append(name)
+    assert marked == []

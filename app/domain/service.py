@@ -26,6 +26,7 @@ from app.errors import (
     TokenUsed,
 )
 from app.keys.source import KeySource
+from app.store.entry import STRINGS, literal_strings
 from app.store.keyspace import new_token_id
 from app.store.store import RunFull, Store, StoredToken, UseState
 
@@ -350,7 +351,7 @@ class FeedbackService:
         attempt = base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
         feedback_id = many_feedback_id(claims.token_id, attempt) if claims.use == "many" else claims.feedback_id
         values = submission.to_json()
-        entry = (
+        entry: tuple[tuple[str, str], ...] = (
             ("id", str(feedback_id)),
             ("token_id", str(claims.token_id)),
             ("run_id", str(claims.run_id)),
@@ -362,6 +363,8 @@ class FeedbackService:
             ("metadata", encode_field(submission.metadata)),
             ("created_at", isoformat(created_ms / 1000)),
         )
+        if strings := literal_strings(submission.value, submission.comment, submission.correction):
+            entry += ((STRINGS, strings),)  # "5" the string, not 5 the number (app/store/entry.py)
         reply = await self.store.submit(
             claims.token_id,
             claims.run_id,

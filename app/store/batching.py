@@ -14,9 +14,10 @@ What goes wrong, and what happens then:
   such call is sent again through the cluster client, which follows the redirection and updates
   its slot map, so the next flush goes to the right node.
 - A connection error (a dropped connection, a dead node): the script may or may not have run.
-  The whole pipeline is sent once more on a fresh connection (after a topology refresh on a
-  cluster). That is safe only because every call carries an attempt id that the script
-  remembers: a call that already ran answers what it answered the first time (app/store/scripts.py).
+  The client sends the pipeline once more on a fresh connection; on a cluster, if the node stays
+  unreachable, the topology is learned again and each call goes through the cluster client. That
+  is safe only because every call carries an attempt id that the script remembers: a call that
+  already ran answers what it answered the first time (app/store/scripts.py).
 - A timeout: the node is slow or hung; no retry (it would double the wait), the callers get
   the error and the service answers 503.
 """
@@ -111,19 +112,20 @@ class Batcher:
             return await pipe.execute(raise_on_error=False)
 
     async def _send_retrying(self, node: aioredis.Redis, batch: list[Call]) -> list[Any]:
+        """The node's client already sent the pipeline once more on a broken connection; on a
+        cluster, a node that stays unreachable may have been replaced: learn the topology again
+        and send each call through the cluster client, which goes where the slot is now."""
         try:
             return await self._send(node, batch)
         except MaxConnectionsError:
             raise  # the pool is exhausted: answer at once, don't queue more work
         except ConnectionError as err:
+            if not isinstance(self.client, RedisCluster):
+                raise
             # May have run: safe to send again only because each call carries its attempt id.
-            log.warning("redis connection lost during a batch of %d (%s); sending it once more", len(batch), err)
-            if isinstance(self.client, RedisCluster):
-                await self._refresh_topology()
-                regrouped = [(self._client_for(c[0][0]), c) for c in batch]
-                if any(n is not node for n, _ in regrouped):
-                    return await asyncio.gather(*(self._single(c) for c in batch), return_exceptions=True)
-            return await self._send(node, batch)
+            log.warning("redis node lost during a batch of %d (%s); asking the cluster where to go", len(batch), err)
+            await self._refresh_topology()
+            return await asyncio.gather(*(self._single(c) for c in batch), return_exceptions=True)
 
     async def _refresh_topology(self) -> None:
         assert isinstance(self.client, RedisCluster)

@@ -20,7 +20,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterDownError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.store.keyspace import MAX_SHARDS, Keyspace
 
@@ -45,14 +46,16 @@ async def is_cluster(url: str, timeout: float) -> bool:
     return bool(info.get("cluster_enabled"))
 
 
+def retry_once(*errors: type[RedisError]) -> Retry:
+    """One immediate retry on a broken connection (a pooled connection that died with a Redis
+    restart or a failover), never on a timeout (a slow Redis would hold a request twice as long).
+    Safe because every call the store makes may run twice: reads, idempotent scripts, and the
+    submit script, which recognises a second run of the same attempt (app/store/scripts.py)."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError, *errors))
+
+
 def _common(timeout: float) -> dict[str, Any]:
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        # No automatic retries: a call that failed after Redis ran it must not run twice unless
-        # the caller knows it is safe (the submit script recognises its own attempts; see store).
-        "retry": Retry(NoBackoff(), 0),
-    }
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
 
 
 async def connect(
@@ -68,8 +71,12 @@ async def connect(
         except RedisError as err:
             log.warning("Redis at %s did not answer (%s); assuming a single server for now", url, err)
     if cluster:
-        return RedisCluster.from_url(url, max_connections=pool_size, **_common(timeout))
-    return aioredis.Redis.from_url(url, max_connections=pool_size, health_check_interval=30, **_common(timeout))
+        return RedisCluster.from_url(
+            url, max_connections=pool_size, retry=retry_once(ClusterDownError), **_common(timeout)
+        )
+    return aioredis.Redis.from_url(
+        url, max_connections=pool_size, health_check_interval=30, retry=retry_once(), **_common(timeout)
+    )
 
 
 def display_url(url: str) -> str:

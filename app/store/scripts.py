@@ -112,7 +112,7 @@ return {'ok', uses, now_created}
 #           token record, signature
 # Prunes every record of tokens past their deadline, then refuses the whole request if a record
 # would hold more than the cap, else writes every token and extends each record's expiry to its
-# latest deadline.
+# latest deadline. Running it twice with the same arguments changes nothing more.
 # Returns {'ok'} | {'full', index of the run record in KEYS, live tokens it holds}
 ISSUE = """
 local now = tonumber(redis.call('TIME')[1])
@@ -144,15 +144,18 @@ for k = 1, #KEYS do
 end
 for i = 3, #ARGV, 4 do
   local k = tonumber(ARGV[i])
-  adding[k] = adding[k] + 1
+  if redis.call('HEXISTS', KEYS[k], ARGV[i + 1]) == 0 then adding[k] = adding[k] + 1 end
 end
 for k = 1, #KEYS do
   if #live[k] + adding[k] > cap then return {'full', k, #live[k]} end
 end
 for i = 3, #ARGV, 4 do
   local k, L = tonumber(ARGV[i]), ARGV[i + 1]
-  redis.call('HSET', KEYS[k], L, ARGV[i + 2], L .. ':s', ARGV[i + 3])
-  live[k][#live[k] + 1] = L
+  -- HSETNX: the same request run twice (a retry after a lost reply) adds nothing twice.
+  if redis.call('HSETNX', KEYS[k], L, ARGV[i + 2]) == 1 then
+    redis.call('HSET', KEYS[k], L .. ':s', ARGV[i + 3])
+    live[k][#live[k] + 1] = L
+  end
   local d = deadline(ARGV[i + 2])
   if d > latest[k] then latest[k] = d end
 end

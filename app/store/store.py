@@ -35,6 +35,7 @@ from app.store.connect import (
     discover_streams,
     display_url,
     max_shards_used,
+    retry_once,
 )
 from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
 
@@ -179,6 +180,7 @@ class Store:
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
                 max_connections=self.pool_size,
+                retry=retry_once(),
                 **{k: v for k, v in node.connection_kwargs.items() if k in ("username", "password", "ssl")},
             )
         return client
