@@ -188,6 +188,10 @@ class Store:
         self._attach(await connect(self.url, self.cluster_mode, self.timeout, self.pool_size))
         await previous.aclose()
         self.version = await check_version(self.redis)
+        # Loaded now (on every primary of a cluster), so the first submissions don't each pay a
+        # NOSCRIPT round trip; a node that loses its cache later is handled by the batcher.
+        for script in (self._submit, self._issue, self._list, self._revoke):
+            await self.redis.script_load(script.script)
         self.max_shards = await max_shards_used(self.redis, self.keyspace)
         kind = "Redis Cluster" if self.cluster else "Redis"
         log.info("%s at %s answered (version %s)", kind, display_url(self.url), ".".join(map(str, self.version)))
