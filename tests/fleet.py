@@ -56,6 +56,7 @@ class Seen:
     path: str
     status: int
     if_none_match: str | None
+    etag: str | None  # of the answer
     at: float  # monotonic
 
 
@@ -78,16 +79,19 @@ class AppServer:
 
         async def record(message: Message) -> None:
             if message["type"] == "http.response.start":
-                inm = headers.get(b"if-none-match")
-                self.seen.append(
-                    Seen(scope["path"], message["status"], inm.decode() if inm else None, time.monotonic())
-                )
+                inm, etag = headers.get(b"if-none-match"), dict(message.get("headers", [])).get(b"etag")
+                self.seen.append(Seen(
+                    scope["path"], message["status"], inm.decode() if inm else None,
+                    etag.decode() if etag else None, time.monotonic(),
+                ))
             await send(message)
 
         await self.app(scope, receive, record)
 
     def start(self) -> AppServer:
-        config = uvicorn.Config(self._logged, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            self._logged, host="127.0.0.1", port=self.port, log_level="warning", interface="asgi3"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True, name=f"app-{self.port}")
         self._thread.start()
