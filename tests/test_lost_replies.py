@@ -132,3 +132,19 @@ def test_the_stores_own_resend_is_answered_as_the_first_attempt(setup, use: str)
     if use != "many":  # an identical resend of a 'many' submission without a key is a new one
         resend_is_the_recorded_answer(client, url, use, entry)
         assert recorded_once(direct, token["id"]) == entry
+
+
+def test_a_page_on_any_origin_may_send_an_idempotency_key(client: TestClient) -> None:
+    """A widget's resend must be recognisable too: browsers send the header only if the preflight
+    allows it."""
+    url = path_of(issue_token(client, use="many"))
+    preflight = client.options(url, headers={
+        "Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,idempotency-key",
+    })
+    assert preflight.status_code == 200
+    assert "idempotency-key" in preflight.headers["access-control-allow-headers"].lower()
+    sent = [client.post(url, json=BODY, headers={"Origin": "https://shop.example", "Idempotency-Key": '"w-1"'})
+            for _ in range(2)]
+    assert [r.json()["duplicate"] for r in sent] == [False, True]
+    assert sent[0].json()["id"] == sent[1].json()["id"]
