@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from app.domain.policy import origin
 from app.store.keyspace import MAX_SHARDS
@@ -93,12 +95,36 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
 
-def _url(env: Mapping[str, str], name: str) -> str | None:
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _https_url(env: Mapping[str, str], name: str) -> str | None:
+    """An https:// URL, or plain http:// to this machine (development). Keys fetched in the
+    clear could be swapped on the way by anyone on the path, who could then forge tokens."""
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    if not raw.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+    except ValueError as err:
+        raise ConfigError(f"{name} is not a URL: {raw!r}") from err
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"{name} must be an https:// URL, got {raw!r}")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigError(
+            f"{name} must be an https:// URL (plain http:// only to this machine: 127.0.0.1, ::1, "
+            f"localhost), got {raw!r}"
+        )
     return raw
 
 
@@ -240,7 +266,7 @@ class Settings:
             redis_timeout=_float(env, "FEEDBACK_REDIS_TIMEOUT", cls.redis_timeout),
             redirect_origins=_origins(env, "FEEDBACK_REDIRECT_ORIGINS"),
             demo=_flag(env, "FEEDBACK_DEMO"),
-            jwks_url=_url(env, "FEEDBACK_JWKS_URL"),
+            jwks_url=_https_url(env, "FEEDBACK_JWKS_URL"),
             jwks_refresh=_float(env, "FEEDBACK_JWKS_REFRESH", cls.jwks_refresh),
             jwks_refetch_floor=_float(env, "FEEDBACK_JWKS_REFETCH_FLOOR", cls.jwks_refetch_floor),
             jwks_max_age=_float(env, "FEEDBACK_JWKS_MAX_AGE", cls.jwks_max_age),

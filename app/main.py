@@ -209,13 +209,14 @@ def create_app(
         ]
     middleware = [
         Middleware(SecurityHeaders, drain=drain),
-        # Any page may submit to a token URL, without credentials. X-API-Key is not an allowed
-        # header, so browsers can't call the issuing endpoints cross-origin at all.
+        # Any page may submit to a token URL, without credentials (and with an Idempotency-Key,
+        # so that its resends are recognised). X-API-Key is not an allowed header, so browsers
+        # can't call the issuing endpoints cross-origin at all.
         Middleware(
             CORSMiddleware,
             allow_origins=["*"],
             allow_methods=["GET", "HEAD", "POST"],
-            allow_headers=["Content-Type", "Accept", "Accept-Language"],
+            allow_headers=["Content-Type", "Accept", "Accept-Language", "Idempotency-Key"],
             allow_credentials=False,
             max_age=600,
         ),

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -227,19 +228,25 @@ def stream_entries(server: RedisServer, prefix: str = "fbt") -> list[dict[str, s
 
 
 class LiveServer:
-    """The real app under uvicorn, in its own process."""
+    """The real app under uvicorn, in its own process (group).
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    ``prefix``: a command the server runs under (e.g. ``faketime -f -6s``; tests/support_fleet.py).
+    The process gets a session of its own and ``stop`` signals the whole group, since such a
+    wrapper may fork and not pass signals on. The drain on SIGTERM is off unless ``env`` sets
+    ``FEEDBACK_SHUTDOWN_DRAIN``, so stopping a server doesn't wait for it.
+    """
+
+    def __init__(self, env: dict[str, str], workers: int = 1, prefix: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "FEEDBACK_PUBLIC_URL": self.url, **env}
+        full_env = {**os.environ, "FEEDBACK_PUBLIC_URL": self.url, "FEEDBACK_SHUTDOWN_DRAIN": "0", **env}
         self.log = tempfile.NamedTemporaryFile(prefix="fbt-uvicorn-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                *prefix, sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                 "--port", str(self.port), "--workers", str(workers), "--log-level", "warning",
             ],
-            cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -256,14 +263,28 @@ class LiveServer:
     def output(self) -> str:
         return Path(self.log.name).read_text()
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the server's process group (the server and any wrapper around it)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stopped(self, timeout: float = 10) -> bool:
+        """Wait until every process of the group has exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    return True
+            time.sleep(0.05)
+        return False
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.signal(signal.SIGTERM)
+        if not self.stopped():
+            self.signal(signal.SIGKILL)
+            self.proc.wait()
         self.log.close()
         os.unlink(self.log.name)
 
@@ -272,8 +293,8 @@ class LiveServer:
 def live_server() -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
-    def start(env: dict[str, str], workers: int = 1) -> LiveServer:
-        server = LiveServer(env, workers)
+    def start(env: dict[str, str], workers: int = 1, prefix: Sequence[str] = ()) -> LiveServer:
+        server = LiveServer(env, workers, prefix)
         servers.append(server)
         return server
 

@@ -232,16 +232,17 @@ def expired_detail(expires_at: int) -> str:
 
 
 def check_claims(payload: dict[str, Any], issuer: str, now: float, leeway: int, skew: int = 0) -> TokenClaims:
-    """Step 3: registered claims first, then ours. ``skew``: the clock difference between nodes
-    the fleet tolerates, so a token issued by a node whose clock runs ahead is not refused as
-    issued in the future."""
+    """Step 3: registered claims first, then ours. ``skew``: the clock difference between any node
+    and Redis the fleet tolerates (FEEDBACK_MAX_CLOCK_SKEW); two nodes may then differ by twice
+    that, so a token issued by a node whose clock runs ahead is not refused as issued in the
+    future by one whose clock runs behind."""
     if payload.get("iss") != issuer:
         raise TokenInvalid("token from another issuer")
     try:
         claims = TokenClaims.from_payload(payload)
     except (KeyError, ValueError, TypeError) as err:
         raise TokenInvalid("malformed token claims") from err
-    if claims.issued_at > now + leeway + skew:
+    if claims.issued_at > now + leeway + 2 * skew:
         raise TokenInvalid("token issued in the future")
     if now >= claims.expires_at + leeway:
         raise TokenExpired(expired_detail(claims.expires_at))

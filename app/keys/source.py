@@ -189,10 +189,16 @@ class JwksSource(KeySource):
             f"the issuer has not answered since ({self.error or 'no error recorded'})"
         )
 
+    def next_delay(self) -> float:
+        """Seconds until the next scheduled fetch: the refresh interval, give or take ``jitter`` of
+        it, drawn afresh each time, so nodes started together drift apart instead of fetching
+        together for ever."""
+        spread = self.refresh_interval * self.jitter
+        return self.refresh_interval + random.uniform(-spread, spread)
+
     async def _watch(self) -> None:
         while True:
-            spread = self.refresh_interval * self.jitter
-            await asyncio.sleep(self.refresh_interval + random.uniform(-spread, spread))
+            await asyncio.sleep(self.next_delay())
             try:
                 await self.refresh()
             except Exception:  # never let the watcher die

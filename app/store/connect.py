@@ -13,6 +13,7 @@ queueing without end behind a slow Redis.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -93,20 +94,27 @@ def display_url(url: str) -> str:
 
 
 def version_of(info: dict[str, object]) -> tuple[int, ...]:
-    raw = str(info.get("redis_version", "0"))
-    return tuple(int(part) for part in raw.split(".")[:3] if part.isdigit())
+    """(major, minor, patch) from ``INFO server``: "7.0.15" -> (7, 0, 15), "7.2.0-rc1" -> (7, 2, 0),
+    "7.0" -> (7, 0, 0); (0, 0, 0) when it can't be read, which every minimum refuses."""
+    parts: list[int] = []
+    for part in str(info.get("redis_version", "")).split(".")[:3]:
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
-async def check_version(client: Client) -> tuple[int, ...]:
-    """The server's version; RedisVersionError if it is below ``MINIMUM_VERSION``."""
+async def check_version(client: Client, minimum: tuple[int, ...] = MINIMUM_VERSION) -> tuple[int, ...]:
+    """The server's version; RedisVersionError if it is below ``minimum``."""
     if isinstance(client, RedisCluster):
         infos = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
         versions = [version_of(info) for info in infos.values()] if isinstance(infos, dict) else []
         version = min(versions) if versions else (0,)
     else:
         version = version_of(await client.info("server"))
-    if version < MINIMUM_VERSION:
-        need = ".".join(map(str, MINIMUM_VERSION))
+    if version < minimum:
+        need = ".".join(map(str, minimum))
         have = ".".join(map(str, version))
         raise RedisVersionError(f"Redis {have} is too old: feedback-tokens needs Redis {need} or newer")
     return version

@@ -28,6 +28,7 @@ from app.errors import StoreUnavailable
 from app.store import scripts
 from app.store.batching import Batcher
 from app.store.connect import (
+    MINIMUM_VERSION,
     Client,
     ClusterMode,
     check_version,
@@ -118,6 +119,9 @@ class Store:
     """Created before the event loop runs (the app factory), connected by ``start`` in the app's
     lifespan: whether ``url`` names a cluster is only known once the server answers."""
 
+    # The oldest Redis ``start`` accepts (the scripts' needs; tests raise it to see a refusal).
+    minimum_version: tuple[int, ...] = MINIMUM_VERSION
+
     def __init__(
         self,
         url: str,
@@ -192,7 +196,11 @@ class Store:
         previous = self.redis
         self._attach(await connect(self.url, self.cluster_mode, self.timeout, self.pool_size))
         await previous.aclose()
-        self.version = await check_version(self.redis)
+        self.version = await check_version(self.redis, self.minimum_version)
+        # Loaded now (on every primary of a cluster), so the first submissions don't each pay a
+        # NOSCRIPT round trip; a node that loses its cache later is handled by the batcher.
+        for script in (self._submit, self._issue, self._list, self._revoke):
+            await self.redis.script_load(script.script)
         self.max_shards = await max_shards_used(self.redis, self.keyspace)
         kind = "Redis Cluster" if self.cluster else "Redis"
         log.info("%s at %s answered (version %s)", kind, display_url(self.url), ".".join(map(str, self.version)))
