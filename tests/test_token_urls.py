@@ -37,8 +37,9 @@ pytest_plugins = ["support_js", "support_keys"]  # every SDK test runs on an ES2
 
 AUTH = {"X-API-Key": API_KEY}
 CONTINUOUS = {"type": "continuous", "min": 0, "max": 1}
-# What a front end holds: no API key at all, or something that is not one of ours.
-FRONT_END_KEYS = {"no-key": None, "wrong-key": "lsv2_pt_not-a-key-of-this-service"}
+# What a front end holds: no API key at all ("" also keeps the SDK from reading one from the
+# environment), or something that is not one of ours.
+FRONT_END_KEYS = {"no-key": "", "wrong-key": "lsv2_pt_not-a-key-of-this-service"}
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ def test_python_sdk_refuses_old_form_urls_before_sending(server, redis_server, a
     of the older form (``.../tokens/<jwt>``) fails in the SDK, before any request."""
     presigned = admin.create_presigned_feedback_token(uuid.uuid4(), feedback_key="user_score")
     old_form = presigned.url.rsplit("/", 1)[0]
-    front = front_end(server, None)
+    front = front_end(server, "")
     try:
         with pytest.raises(LangSmithUserError, match="UUID"):
             front.create_feedback_from_token(old_form, 1)
