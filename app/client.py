@@ -3,6 +3,9 @@
     client = Client("http://127.0.0.1:8000", api_key="...")
     token = client.create_presigned_feedback_token(run_id, "user_score")
     Client("http://127.0.0.1:8000").create_feedback_from_token(token["url"], score=1)
+
+``create_feedback_from_token`` takes a token URL (``.../tokens/<jwt>/<token id>``, or the older
+``.../tokens/<jwt>``), a JWT, ``<jwt>/<token id>``, or a token id.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 TOKENS = "/api/v1/feedback/tokens"
+_TOKEN_PATH = "/feedback/tokens/"
 
 
 class FeedbackTokensError(Exception):
@@ -41,6 +46,26 @@ def _expiry(expiration: dt.datetime | dt.timedelta | None) -> dict[str, Any]:
         },
         "expires_at": None,
     }
+
+
+def submit_target(token_or_url: uuid.UUID | str) -> str:
+    """Where a submission goes: a token URL as it is (scheme and host kept, query and fragment
+    dropped), so the JWT it carries is verified with no lookup, in either URL form; a URL's path
+    (``/api/v1/feedback/tokens/...``) relative to the client's base URL; anything else is a token
+    path segment (a JWT, ``<jwt>/<token id>`` or a token id) under ``TOKENS``.
+    Raises ValueError for what can be neither, before anything is sent."""
+    text = str(token_or_url).strip()
+    parts = urlsplit(text)
+    if parts.scheme or parts.netloc or text.startswith("/"):
+        if (parts.scheme or parts.netloc) and (parts.scheme.lower() not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"a token URL must be http(s)://host/...: {text!r}")
+        if _TOKEN_PATH not in parts.path or parts.path.endswith(_TOKEN_PATH):
+            raise ValueError(f"not a token URL (no .../feedback/tokens/<token> in its path): {text!r}")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    token = text.strip("/")
+    if not token or any(c in token for c in "?#") or any(not c.isprintable() or c.isspace() for c in token):
+        raise ValueError(f"not a token, a token id or a token URL: {text!r}")
+    return f"{TOKENS}/{token}"
 
 
 class Client:
@@ -140,9 +165,9 @@ class Client:
         comment: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Submit with a token URL, a JWT, or a token id. A URL is posted to as it is."""
-        target = str(token_or_url)
-        url = target if target.startswith(("http://", "https://")) else f"{TOKENS}/{target}"
+        """Submit with a token URL (either form), a JWT, ``<jwt>/<token id>``, or a token id.
+        A URL is posted to as it is (see ``submit_target``)."""
+        url = submit_target(token_or_url)
         body = {"score": score, "value": value, "comment": comment,
                 "correction": correction, "metadata": metadata}
         return self._json(self.http.post(url, json=body))  # type: ignore[no-any-return]

@@ -493,7 +493,7 @@ class Bench:
     def record_lengths(self, answers: list[dict[str, Any]]) -> None:
         urls = [a["url"] for a in answers]
         paths = [urlsplit(u).path for u in urls]
-        jwts = [p.rsplit("/", 1)[1] for p in paths]
+        jwts = [p.rsplit("/", 2)[1] for p in paths]  # paths end in <jwt>/<token id>
         header = json.loads(base64.urlsafe_b64decode(jwts[0].split(".")[0] + "=="))
         self.results.lengths = {
             "base": self.cfg.public_url,

@@ -16,6 +16,8 @@ import layout
 import pytest
 from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
 
+from app.domain import tokens
+
 pytest_plugins = ["support_keys"]  # every test here runs on an ES256 and on an HS256 keyring
 
 AUTH = {"X-API-Key": API_KEY}
@@ -272,6 +274,81 @@ def test_undecodable_query_bytes_are_not_a_500(client, token, redis_server):
     assert "\ufffd" in stream_entries(redis_server)[0]["comment"]
 
 
+# -- the token URL's path ----------------------------------------------------------------------------
+# As issued: <jwt>/<token id>. The last segment must be a token id (36 characters with dashes, or
+# 32 hex digits); more segments are no route at all.
+
+NOT_AN_ID: dict[str, Any] = {
+    "word": lambda jwt, tid: "x",
+    "one-char-short": lambda jwt, tid: tid[:-1],
+    "one-char-long": lambda jwt, tid: tid + "0",
+    "not-hex": lambda jwt, tid: "g" + tid[1:],
+    "braces": lambda jwt, tid: "{" + tid + "}",
+    "urn": lambda jwt, tid: f"urn:uuid:{tid}",
+    "base64url-of-the-id": lambda jwt, tid: tokens.b64encode(uuid.UUID(tid).bytes),
+    "the-jwt-again": lambda jwt, tid: jwt,
+    "id-with-space": lambda jwt, tid: f"%20{tid}",
+    "id-with-nul": lambda jwt, tid: f"{tid}%00",
+    "id-with-newline": lambda jwt, tid: f"{tid}%0A",
+    "int": lambda jwt, tid: str(uuid.UUID(tid).int),
+}
+NO_ROUTE: dict[str, Any] = {
+    "extra-segment": lambda jwt, tid: f"{jwt}/{tid}/x",
+    "id-twice": lambda jwt, tid: f"{jwt}/{tid}/{tid}",
+    "segment-before": lambda jwt, tid: f"x/{jwt}/{tid}",
+    "after-info": lambda jwt, tid: f"{jwt}/{tid}/info/x",
+    "empty-segment-between": lambda jwt, tid: f"{jwt}//{tid}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_AN_ID))
+def test_a_last_segment_that_is_not_a_token_id_is_401(client, issue, redis_server, name):
+    answer = issue()
+    jwt = token_of(answer)
+    path = f"{TOKENS}/{jwt}/{NOT_AN_ID[name](jwt, answer['id'])}"
+    problem(client.post(path, json={"score": 1}), 401, "token_invalid")
+    problem(client.get(path, params={"score": "1"}), 401, "token_invalid")
+    assert client.head(path, params={"score": "1"}).status_code == 401
+    assert stream_entries(redis_server) == []
+    assert client.post(f"{TOKENS}/{jwt}/{answer['id']}", json={"score": 1}).status_code == 200  # not consumed
+
+
+@pytest.mark.parametrize("name", sorted(NO_ROUTE))
+def test_more_segments_are_no_route(client, issue, redis_server, name):
+    answer = issue()
+    path = f"{TOKENS}/{NO_ROUTE[name](token_of(answer), answer['id'])}"
+    for response in (client.post(path, json={"score": 1}), client.get(path, params={"score": "1"})):
+        problem(response, 404, "not_found")
+    assert stream_entries(redis_server) == []
+
+
+def test_the_info_segment_takes_no_submission(client, issue, redis_server):
+    answer = issue()
+    jwt, tid = token_of(answer), answer["id"]
+    problem(client.post(f"{TOKENS}/{jwt}/{tid}/info", json={"score": 1}), 405, "method_not_allowed")
+    problem(client.post(f"{TOKENS}/{jwt}/info", json={"score": 1}), 401, "token_invalid")  # not an id
+    assert stream_entries(redis_server) == []
+    assert client.get(f"{TOKENS}/{jwt}/{tid}/info").json()["uses"] == 0
+
+
+def test_revocation_is_by_id_alone(client, issue, redis_server):
+    answer = issue()
+    path = f"{TOKENS}/{token_of(answer)}/{answer['id']}"
+    problem(client.delete(path, headers=AUTH), 405, "method_not_allowed")
+    assert client.get(f"{path}/info").json()["status"] == "active"
+
+
+def test_a_trailing_slash_redirects_to_the_url_itself(client, issue, redis_server):
+    """Starlette's redirect to the path without the slash: nothing is read or recorded on the way."""
+    answer = issue()
+    path = f"{TOKENS}/{token_of(answer)}/{answer['id']}"
+    for method in ("GET", "HEAD", "POST"):
+        r = client.request(method, f"{path}/", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == f"http://testserver{path}", method
+    assert stream_entries(redis_server) == []
+    assert client.post(f"{path}/", json={"score": 1}).status_code == 200  # the redirect keeps the POST
+
+
 # -- issuance ------------------------------------------------------------------------------------
 
 RUN = "6f1c0b0e-2b9c-4c1e-9a57-3f1f2d9d8e11"
@@ -468,3 +545,35 @@ def test_link_query_over_64_kib_is_refused(live):
         assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ")), answer[:200]
     assert [e for e in stream_entries(own) if e["token_id"] == issued["id"]] == []
     assert httpx.get(f"{live.url}{TOKENS}/{token}", params={"score": "1"}).status_code == 200
+
+
+def test_percent_encoded_paths_over_the_wire(live):
+    """As a real server decodes them (once): an encoded slash separates the JWT from the id like
+    a plain one; doubly encoded, it is part of the segment, which is then no token."""
+    live, own = live
+    issued = httpx.post(f"{live.url}{TOKENS}", json=GOOD, headers=AUTH).json()
+    jwt, tid = token_of(issued), issued["id"]
+
+    def post(path: str, score: int = 1) -> httpx.Response:
+        # httpx would normalise some escapes: send the path bytes exactly as written.
+        with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+            body = json.dumps({"score": score}).encode()
+            sock.sendall(f"POST {TOKENS}/{path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        return httpx.Response(int(head.split()[1]), content=payload)
+
+    for path in (f"{jwt}%252F{tid}", f"{jwt}%2F{uuid.uuid4()}", f"{jwt}/{tid}%252Finfo", f"{jwt}%2F%2F{tid}"):
+        r = post(path)
+        assert r.status_code in (401, 404), (path, r.content)
+        assert r.json()["code"] == ("token_invalid" if r.status_code == 401 else "not_found")
+    assert [e for e in stream_entries(own) if e["token_id"] == tid] == []
+    r = post(f"{jwt}%2F{tid}")  # the same token as <jwt>/<id>
+    assert r.status_code == 200 and r.json()["duplicate"] is False
+    for path in (f"{jwt}/{tid}", f"{jwt.replace('.', '%2E')}%2F{tid.replace('-', '%2d')}", f"{tid}", jwt):
+        assert post(path).json()["duplicate"] is True, path
+        assert post(path, score=0).json()["code"] == "token_used", path
+    assert len([e for e in stream_entries(own) if e["token_id"] == tid]) == 1

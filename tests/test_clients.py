@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import API_KEY, live_env, stream_entries, token_of
 from langsmith import Client as LangSmithClient
 from langsmith.utils import LangSmithError
 
-from app.client import Client, FeedbackTokensError
+from app.client import TOKENS, Client, FeedbackTokensError, submit_target
 from app.domain.tokens import b64decode
 
 pytest_plugins = ["support_keys"]  # every test here runs on an ES256 and on an HS256 keyring
@@ -105,7 +106,7 @@ def test_own_client_by_url_jwt_and_id(server, redis_server, signing_alg):
         jwt = token_of(second)
         assert json.loads(b64decode(jwt.split(".")[0]))["alg"] == signing_alg  # the keyring this run is on
         assert public.create_feedback_from_token(jwt, value="yes")["feedback_key"] == "by_jwt"
-        assert public.create_feedback_from_token(third["id"], comment="c")["feedback_key"] == "by_id"
+        assert public.create_feedback_from_token(uuid.UUID(third["id"]), comment="c")["feedback_key"] == "by_id"
         assert public.create_feedback_from_token(third["id"], comment="c")["duplicate"] is True
         with pytest.raises(FeedbackTokensError) as err:
             public.create_feedback_from_token(third["id"], comment="other")
@@ -125,3 +126,68 @@ def test_own_client_expiration(server):
         token = admin.create_presigned_feedback_token(uuid.uuid4(), "k", expiration=dt.timedelta(days=1, minutes=3))
         delta = dt.datetime.fromisoformat(token["expires_at"]) - dt.datetime.now(dt.UTC)
         assert dt.timedelta(days=1, minutes=2) < delta <= dt.timedelta(days=1, minutes=3)
+
+
+def test_own_client_takes_every_form_of_a_token(server, redis_server):
+    """The URL as issued (``<jwt>/<token id>``), the older URL (``<jwt>``), its path, ``<jwt>/<id>``:
+    each reaches its token."""
+    with Client(server.url, api_key=API_KEY) as admin, Client(server.url) as public:
+        run_id = uuid.uuid4()
+        forms = ["url", "old-url", "path", "jwt/id"]
+        issued = dict(zip(forms, admin.create_presigned_feedback_tokens(run_id, forms), strict=True))
+        targets = {
+            "url": issued["url"]["url"],
+            "old-url": issued["old-url"]["url"].rsplit("/", 1)[0],
+            "path": urlsplit(issued["path"]["url"]).path,
+            "jwt/id": f"{token_of(issued['jwt/id'])}/{issued['jwt/id']['id']}",
+        }
+        for form, target in targets.items():
+            answer = public.create_feedback_from_token(target, score=1, comment=form)
+            assert (answer["feedback_key"], answer["duplicate"]) == (form, False)
+        listed = {t["feedback_key"]: t["status"] for t in admin.list_presigned_feedback_tokens(run_id)}
+        assert listed == dict.fromkeys(forms, "used")
+    assert [(e["feedback_key"], e["comment"]) for e in stream_entries(redis_server)] == [(f, f) for f in forms]
+
+
+ID = "8d2c3a51-5bd5-4f4e-9e51-5b7c0c4c1a6e"
+JWT = "eyJhbGciOiJFUzI1NiJ9.eyJqdGkiOiJ4In0.c2ln"
+SUBMIT_TARGETS = {
+    f"https://fb.example.com/api/v1/feedback/tokens/{JWT}/{ID}": f"https://fb.example.com{TOKENS}/{JWT}/{ID}",
+    f"https://fb.example.com/api/v1/feedback/tokens/{JWT}": f"https://fb.example.com{TOKENS}/{JWT}",
+    f"HTTPS://fb.example.com:8443/prefix/api/v1/feedback/tokens/{JWT}/{ID}?score=1&utm=x#top":
+        f"https://fb.example.com:8443/prefix{TOKENS}/{JWT}/{ID}",
+    f"  http://127.0.0.1:8000/api/v1/feedback/tokens/{JWT}/{ID}\n": f"http://127.0.0.1:8000{TOKENS}/{JWT}/{ID}",
+    f"/api/v1/feedback/tokens/{JWT}/{ID}?score=1": f"{TOKENS}/{JWT}/{ID}",
+    JWT: f"{TOKENS}/{JWT}",
+    f"{JWT}/{ID}": f"{TOKENS}/{JWT}/{ID}",
+    ID: f"{TOKENS}/{ID}",
+    f" {ID.upper()} ": f"{TOKENS}/{ID.upper()}",
+}
+NOT_TARGETS = [
+    "", "   ", "a b", "x?y", "x#y", "tab\there",
+    f"ftp://fb.example.com/api/v1/feedback/tokens/{JWT}",
+    f"//fb.example.com/api/v1/feedback/tokens/{JWT}",
+    f"fb.example.com:8000/api/v1/feedback/tokens/{JWT}",
+    "https://fb.example.com/somewhere/else",
+    "https://fb.example.com/api/v1/feedback/tokens/",
+    "https:///api/v1/feedback/tokens/x",
+    "/not/a/token/path",
+]
+
+
+@pytest.mark.parametrize("given", SUBMIT_TARGETS)
+def test_submit_target_of_each_form(given):
+    assert submit_target(given) == SUBMIT_TARGETS[given]
+
+
+def test_submit_target_of_a_uuid():
+    assert submit_target(uuid.UUID(ID)) == f"{TOKENS}/{ID}"
+
+
+@pytest.mark.parametrize("given", NOT_TARGETS)
+def test_what_is_no_token_is_refused_before_sending(given):
+    with pytest.raises(ValueError):
+        submit_target(given)
+    # The client refuses it too, with no server to send to: nothing is sent.
+    with Client("http://127.0.0.1:9") as public, pytest.raises(ValueError):
+        public.create_feedback_from_token(given, score=1)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256, SHA384
 
 from app.domain import tokens
+from app.domain.service import as_uuid
 from app.errors import TokenInvalid
 from app.keys.key import Key
 from app.keys.keyring import KeyringDir
@@ -573,17 +574,36 @@ def attacker_server() -> Iterator[None]:
     server.server_close()
 
 
+def own_id(token: str) -> str:
+    """The token id a token names (its ``jti`` as a UUID): the last segment of its URL as issued.
+    A random id for a token whose ``jti`` can't be read."""
+    try:
+        return str(uuid.UUID(bytes=tokens.b64decode(json.loads(tokens.b64decode(token.split(".")[1]))["jti"])))
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return str(uuid.uuid4())
+
+
+def snapshot(redis_server) -> dict[bytes, bytes | None]:
+    """Every key in Redis with its serialized value: equal snapshots mean nothing was written."""
+    r = redis_server.client()
+    return {key: r.dump(key) for key in r.keys("*")}
+
+
 def refused(client, redis_server, token: str, status: int, code: str) -> None:
-    """POST and GET both refuse the token, and nothing reaches the store."""
-    for response in (
-        client.post(f"{TOKENS}/{token}", json={"score": 1}),
-        client.get(f"{TOKENS}/{token}", params={"score": "1"}),
-    ):
-        assert response.status_code == status, (token, response.text)
-        assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["code"] == code
+    """POST and GET both refuse the token, in the URL form as issued (``<jwt>/<its id>``) and in the
+    older one (``<jwt>``), or by id alone, and nothing reaches the store."""
+    before = snapshot(redis_server)
+    by_id = as_uuid(token) is not None
+    for path in [f"{TOKENS}/{token}"] + ([] if by_id else [f"{TOKENS}/{token}/{own_id(token)}"]):
+        for response in (
+            client.post(path, json={"score": 1}),
+            client.get(path, params={"score": "1"}),
+        ):
+            assert response.status_code == status, (path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == code
     assert stream_entries(redis_server) == []
-    assert not [k for k in redis_server.client().keys("{fbt}:t:*") if redis_server.client().hexists(k, "fp")]
+    assert snapshot(redis_server) == before
 
 
 def test_the_forging_helper_builds_tokens_that_are_accepted(fx, client, redis_server):
@@ -596,7 +616,10 @@ def test_the_forging_helper_builds_tokens_that_are_accepted(fx, client, redis_se
         assert client.post(f"{TOKENS}/{other}", json={"score": 1}).status_code == 200
     within = forge(hdr(fx.active), claims(fx, exp=int(fx.now) - 29, iat=int(fx.now) + 149), real(fx))
     assert client.post(f"{TOKENS}/{within}", json={"score": 1}).status_code == 200  # the leeway is small, not zero
-    assert len(stream_entries(redis_server)) == 5
+    # The URL form as issued, with the id ``refused`` puts last: accepted too.
+    as_issued = forge(hdr(fx.active), claims(fx), real(fx))
+    assert client.post(f"{TOKENS}/{as_issued}/{own_id(as_issued)}", json={"score": 1}).status_code == 200
+    assert len(stream_entries(redis_server)) == 6
 
 
 @pytest.mark.parametrize("name", sorted(ALG_CASES))
@@ -724,3 +747,109 @@ def test_length_cap_is_2000_characters(fx):
     tokens.parse(at_cap)  # shaped right: refused later, by the signature
     with pytest.raises(TokenInvalid):
         tokens.parse(f"{head}.{'A' * (pad + 1)}.{sig}")
+
+
+# -- the token id in the URL ---------------------------------------------------------------------
+# Token URLs end in the token id (``<jwt>/<token id>``, where the LangSmith SDK reads it). The id is
+# only a second name of the token the JWT already names: it must be that token's own, and it
+# authorises nothing by itself.
+
+
+def issue_one(client) -> tuple[str, str]:
+    """A real token: its JWT and its id."""
+    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
+    return token_of(answer), answer["id"]
+
+
+def refused_everywhere(client, redis_server, path: str, status: int = 401, code: str = "token_invalid") -> None:
+    """Every way a path is used refuses it with (status, code), and nothing is written."""
+    before = snapshot(redis_server)
+    html = {"Accept": "text/html"}
+    answers = {
+        "POST": client.post(path, json={"score": 1}),
+        "GET": client.get(path, params={"score": "1"}),
+        "GET page": client.get(path, params={"score": "1"}, headers=html),
+        "GET picker": client.get(path, headers=html),
+        "HEAD": client.head(path, params={"score": "1"}),
+        "info": client.get(f"{path}/info"),
+    }
+    for how, response in answers.items():
+        assert response.status_code == status, (how, path, response.text)
+        if how not in ("HEAD", "GET page", "GET picker"):
+            assert response.json()["code"] == code, (how, path)
+    assert snapshot(redis_server) == before
+
+
+def test_the_id_in_the_path_must_be_the_tokens_own(fx, client, redis_server):
+    jwt_a, id_a = issue_one(client)
+    jwt_b, id_b = issue_one(client)
+    other = uuid.UUID(id_a)
+    paths = {
+        "a random id": f"{jwt_a}/{uuid.uuid4()}",
+        "another live token's id": f"{jwt_a}/{id_b}",
+        "moved to another token's id path": f"{jwt_b}/{id_a}",
+        "the id one bit off": f"{jwt_a}/{uuid.UUID(int=other.int ^ 1)}",
+        "the nil id": f"{jwt_a}/{uuid.UUID(int=0)}",
+        "a forged token's id": f"{jwt_a}/{own_id(forge(hdr(fx.active), claims(fx), real(fx)))}",
+    }
+    for path in paths.values():
+        refused_everywhere(client, redis_server, f"{TOKENS}/{path}")
+    assert stream_entries(redis_server) == []
+    for jwt, token_id in ((jwt_a, id_a), (jwt_b, id_b)):  # neither was consumed, nor harmed
+        assert client.post(f"{TOKENS}/{jwt}/{token_id}", json={"score": 1}).status_code == 200
+    assert [e["token_id"] for e in stream_entries(redis_server)] == [id_a, id_b]
+
+
+def test_two_ids_are_not_a_token(client, redis_server):
+    _, id_a = issue_one(client)
+    _, id_b = issue_one(client)
+    for path in (f"{id_a}/{id_a}", f"{id_a}/{id_b}", f"{uuid.UUID(id_a).hex}/{id_a}", f"{id_a}/{uuid.uuid4()}"):
+        refused_everywhere(client, redis_server, f"{TOKENS}/{path}")
+    assert client.post(f"{TOKENS}/{id_a}", json={"score": 1}).status_code == 200  # the id alone: a lookup
+
+
+def _tampered(fx: Ring, jwt: str, other_jwt: str) -> dict[str, str]:
+    """A real token, changed in one place; the signature no longer covers what it says."""
+    head, body, sig = jwt.split(".")
+    payload = json.loads(tokens.b64decode(body))
+    _, other_body, other_sig = other_jwt.split(".")
+
+    def with_payload(**changes: Any) -> str:
+        return f"{head}.{b64(compact({**payload, **changes}))}.{sig}"
+
+    def flipped(index: int) -> str:
+        raw = bytearray(tokens.b64decode(sig))
+        raw[index] ^= 0x01
+        return f"{head}.{body}.{b64(bytes(raw))}"
+
+    return {
+        "signature-first-bit": flipped(0),
+        "signature-last-bit": flipped(-1),
+        "signature-of-another-token": f"{head}.{body}.{other_sig}",
+        "payload-of-another-token": f"{head}.{other_body}.{sig}",
+        "payload-key-changed": with_payload(key="other"),
+        "payload-run-changed": with_payload(run=b64(uuid.uuid4().bytes)),
+        "payload-exp-extended": with_payload(exp=payload["exp"] + 10**7),
+        "payload-byte-appended": f"{head}.{body}A.{sig}",
+        "header-kid-of-another-key": f"{b64(compact(hdr(fx.es, alg=fx.active.alg)))}.{body}.{sig}",
+        "header-alg-none": f"{b64(compact(hdr(fx.active, alg='none')))}.{body}.{sig}",
+        "header-typ-changed": f"{b64(compact(hdr(fx.active, typ='JWT')))}.{body}.{sig}",
+        "header-reencoded-with-spaces": f"{b64(json.dumps(hdr(fx.active)).encode())}.{body}.{sig}",
+    }
+
+
+def test_a_tampered_token_under_its_real_id_is_refused(fx, client, redis_server):
+    jwt, token_id = issue_one(client)
+    other_jwt, other_id = issue_one(client)
+    for name, tampered in _tampered(fx, jwt, other_jwt).items():
+        assert tampered != jwt, name
+        refused_everywhere(client, redis_server, f"{TOKENS}/{tampered}/{token_id}")
+    # The payload claims the other token's id, under that id: still not signed by anyone.
+    head, body, sig = jwt.split(".")
+    payload = json.loads(tokens.b64decode(body))
+    claimed = {**payload, "jti": b64(uuid.UUID(other_id).bytes)}
+    refused_everywhere(client, redis_server, f"{TOKENS}/{head}.{b64(compact(claimed))}.{sig}/{other_id}")
+    assert stream_entries(redis_server) == []
+    assert client.post(f"{TOKENS}/{jwt}/{token_id}", json={"score": 1}).status_code == 200
+    assert client.post(f"{TOKENS}/{other_jwt}/{other_id}", json={"score": 1}).status_code == 200
+    assert [e["token_id"] for e in stream_entries(redis_server)] == [token_id, other_id]

@@ -82,6 +82,44 @@ def _used(client: Any, issue: Callable[..., dict[str, Any]], clock: Any) -> tupl
     return token_of(answer), 409
 
 
+def _as_issued(answer: dict[str, Any]) -> str:
+    """The token's URL path after ``TOKENS/``, as issued: ``<jwt>/<token id>``."""
+    return f"{token_of(answer)}/{answer['id']}"
+
+
+@state("revoked, as issued")
+def _revoked_as_issued(client: Any, issue: Callable[..., dict[str, Any]], clock: Any) -> tuple[str, int]:
+    answer = issue()
+    assert client.delete(f"{TOKENS}/{answer['id']}", headers=AUTH).status_code == 204
+    return _as_issued(answer), 410
+
+
+@state("expired, as issued")
+def _expired_as_issued(client: Any, issue: Callable[..., dict[str, Any]], clock: Any) -> tuple[str, int]:
+    answer = issue(expires_in={"minutes": 1})
+    clock.advance(60 + 31)
+    return _as_issued(answer), 410
+
+
+@state("used for another answer, as issued")
+def _used_as_issued(client: Any, issue: Callable[..., dict[str, Any]], clock: Any) -> tuple[str, int]:
+    answer = issue()
+    assert client.post(f"{TOKENS}/{_as_issued(answer)}", json={"score": 0}).status_code == 200
+    return _as_issued(answer), 409
+
+
+@state("not a token, under its real id")
+def _garbage_as_issued(client: Any, issue: Callable[..., dict[str, Any]], clock: Any) -> tuple[str, int]:
+    answer = issue()
+    token = token_of(answer)
+    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB") + f"/{answer['id']}", 401
+
+
+@state("another token's id")
+def _other_id(client: Any, issue: Callable[..., dict[str, Any]], clock: Any) -> tuple[str, int]:
+    return f"{token_of(issue())}/{issue()['id']}", 401
+
+
 @pytest.mark.parametrize("accept", [{}, HTML], ids=["json", "html"])
 @pytest.mark.parametrize("name", sorted(STATES))
 def test_head_answers_what_get_would_for_dead_links(client, issue, clock, redis_server, name, accept):
@@ -92,10 +130,11 @@ def test_head_answers_what_get_would_for_dead_links(client, issue, clock, redis_
     assert stream_entries(redis_server) == entries
 
 
+@pytest.mark.parametrize("form", ["as issued", "jwt"])
 @pytest.mark.parametrize("accept", [{}, HTML], ids=["json", "html"])
-def test_head_on_a_live_link_is_200_and_records_nothing(client, issue, redis_server, accept):
+def test_head_on_a_live_link_is_200_and_records_nothing(client, issue, redis_server, accept, form):
     answer = issue(feedback_config={"type": "continuous", "min": 0, "max": 1})
-    url = f"{TOKENS}/{token_of(answer)}"
+    url = f"{TOKENS}/{_as_issued(answer) if form == 'as issued' else token_of(answer)}"
     head = client.head(url, params={"score": "1"}, headers=accept)
     assert head.status_code == 200
     assert stream_entries(redis_server) == []
@@ -114,7 +153,7 @@ def test_head_follows_the_redirect_get_would_make(make_app, clock, redis_server)
     client = make_app(redirect_origins=(APP,))
     r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k", "redirect_url": f"{APP}/thanks"},
                     headers=AUTH)
-    url = f"{TOKENS}/{token_of(r.json())}"
+    url = f"{TOKENS}/{_as_issued(r.json())}"
     head = client.head(url, params={"score": "1"}, headers=HTML, follow_redirects=False)
     assert head.status_code == 303 and head.headers["location"] == f"{APP}/thanks"
     assert stream_entries(redis_server) == []
@@ -137,9 +176,9 @@ def test_head_sends_no_body_over_the_wire(live_server, redis_server, keys_dir):
 
     server = live_server(live_env(redis_server, keys_dir))
     r = httpx.post(f"{server.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    token = token_of(r.json())
+    path = httpx.URL(r.json()["url"]).path  # as issued: <jwt>/<token id>
     assert httpx.delete(f"{server.url}{TOKENS}/{r.json()['id']}", headers=AUTH).status_code == 204
-    raw = _raw_head(server.port, f"{TOKENS}/{token}?score=1")
+    raw = _raw_head(server.port, f"{path}?score=1")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 410 "), raw
     assert b"content-type: application/problem+json" in head.lower()

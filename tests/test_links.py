@@ -7,7 +7,7 @@ import re
 import uuid
 
 import pytest
-from conftest import API_KEY, TOKENS, stream_entries, token_of
+from conftest import API_KEY, TOKENS, path_of, stream_entries, token_of
 
 from app.config import ConfigError, Settings
 
@@ -50,20 +50,20 @@ def _form_of(page: str) -> tuple[str, dict[str, str]]:
 @pytest.mark.parametrize("headers", PREFETCHES, ids=lambda h: next(iter(h.values())))
 def test_prefetch_never_consumes(client, issue, redis_server, policy, headers):
     answer = issue(**policy)
-    url = f"{TOKENS}/{token_of(answer)}"
-    for accept in (HTML, {"Accept": "application/json"}):
-        r = client.get(url, params={"score": "1"}, headers={**accept, **headers})
-        assert r.status_code == 425 and r.content == b""
-        assert r.headers["cache-control"] == "no-store"
+    for url in (path_of(answer), f"{TOKENS}/{token_of(answer)}", f"{TOKENS}/{answer['id']}"):
+        for accept in (HTML, {"Accept": "application/json"}):
+            r = client.get(url, params={"score": "1"}, headers={**accept, **headers})
+            assert r.status_code == 425 and r.content == b""
+            assert r.headers["cache-control"] == "no-store"
     assert stream_entries(redis_server) == [] and _uses(client, answer) == 0
     # The person's own click afterwards is the first use.
-    assert client.post(url, json={"score": 1}).status_code == 200
+    assert client.post(path_of(answer), json={"score": 1}).status_code == 200
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "once")
 def test_head_never_consumes_whatever_the_token(client, issue, redis_server, policy):
     answer = issue(**policy)
-    for spelling in (token_of(answer), answer["id"]):
+    for spelling in (f"{token_of(answer)}/{answer['id']}", token_of(answer), answer["id"]):
         for headers in (HTML, {}):
             r = client.head(f"{TOKENS}/{spelling}", params={"score": "1"}, headers=headers)
             assert r.status_code == 200
@@ -83,7 +83,7 @@ def test_a_plain_get_without_prefetch_headers_still_records(client, issue, redis
 
 def test_confirm_link_shows_a_page_and_only_its_post_records(client, issue, redis_server):
     answer = issue(confirm=True, feedback_config=THUMBS)
-    url = f"{TOKENS}/{token_of(answer)}"
+    url = path_of(answer)
     for _ in range(2):  # a mail scanner, then the person: neither GET records
         page = client.get(url, params={"score": "1", "utm_source": "mail"}, headers=HTML)
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -112,7 +112,7 @@ def test_confirm_link_reopened_after_the_same_answer_says_already_recorded(clien
 
 def test_confirm_link_for_json_clients_records_nothing_and_says_how(client, issue, redis_server):
     answer = issue(confirm=True)
-    url = f"{TOKENS}/{token_of(answer)}"
+    url = path_of(answer)
     r = client.get(url, params={"score": "1", "comment": "ok"})
     assert r.status_code == 200
     assert r.json()["confirm"] is True and r.json()["url"] == f"http://testserver{url}"

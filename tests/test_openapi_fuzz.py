@@ -98,6 +98,8 @@ def test_api_matches_its_openapi_document(api, path, method, mode):
         if "token" in (case.path_parameters or {}) and real is not None:
             answer = fresh_token(live, KINDS[real])
             case.path_parameters["token"] = answer["id"] if method == "delete" else token_of(answer)
+            if "token_id" in case.path_parameters:
+                case.path_parameters["token_id"] = answer["id"]
         response = case.call(base_url=live.url, headers={**AUTH, "Accept": accept}, timeout=10,
                              allow_redirects=False)
         seen.add(response.status_code)
@@ -132,17 +134,20 @@ SCENARIOS: list[tuple[str, dict[str, Any], str, str, dict[str, Any]]] = [
 ]
 
 
+@pytest.mark.parametrize("form", ["jwt/id", "jwt"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s[0] for s in SCENARIOS])
-def test_every_kind_of_answer_matches_the_document(api, scenario):
+def test_every_kind_of_answer_matches_the_document(api, scenario, form):
+    """Under the URL as issued (``<jwt>/<token id>``) and the older form (``<jwt>``)."""
     live, schema = api
     name, kind, method, accept, fields = scenario
     answer = fresh_token(live, {k: v for k, v in kind.items() if k != "revoked"})
     if kind.get("revoked"):
         assert httpx.delete(f"{live.url}{TOKENS}/{answer['id']}", headers=AUTH).status_code == 204
-    path = "/api/v1/feedback/tokens/{token}" + ("/info" if method == "GET-info" else "")
+    params = {"token": token_of(answer), **({"token_id": answer["id"]} if form == "jwt/id" else {})}
+    path = "/api/v1/feedback/tokens/" + "/".join(f"{{{p}}}" for p in params)
+    path += "/info" if method == "GET-info" else ""
     operation = schema[path][method.split("-")[0]]
-    case = operation.Case(path_parameters={"token": token_of(answer)},
-                          **{k: v for k, v in fields.items() if k != "headers"})
+    case = operation.Case(path_parameters=params, **{k: v for k, v in fields.items() if k != "headers"})
     for _ in range(2 if name in ("update", "many") else 1):  # a second use: revision 2, or a new feedback
         response = case.call(base_url=live.url, headers={**AUTH, "Accept": accept, **fields.get("headers", {})},
                              timeout=10,

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import layout
@@ -64,6 +65,17 @@ def spellings(answer: dict[str, Any]) -> dict[str, str]:
     for i, twin in enumerate(low_bit_twins(sig)):
         variants[f"sig-last-char-{i}"] = f"{head}.{body}.{twin}"
         variants[f"sig-last-char-{i}-padded"] = f"{head}.{body}.{twin}=="
+    # The URL form as issued, <jwt>/<token id>, with each spelling of either part.
+    variants.update({
+        "jwt/id": f"{jwt}/{token_id}",
+        "jwt/id-uppercase": f"{jwt}/{str(token_id).upper()}",
+        "jwt/id-hex": f"{jwt}/{token_id.hex}",
+        "jwt-padded/id": f"{jwt}==/{token_id}",
+        "jwt-percent-encoded-dots/id": f"{jwt.replace('.', '%2E')}/{token_id}",
+        "jwt/id-percent-encoded-dashes": f"{jwt}/{str(token_id).replace('-', '%2D')}",
+        "jwt-percent-encoded-slash-id": f"{jwt}%2F{token_id}",
+        "sig-last-char-0/id": f"{head}.{body}.{low_bit_twins(sig)[0]}/{token_id}",
+    })
     return variants
 
 
@@ -84,11 +96,12 @@ def es256_client(make_app, keys_dir):
     return make_app()
 
 
-@pytest.mark.parametrize("first", ["jwt", "sig-padding-==", "id-hex-uppercase", "sig-last-char-0"])
+@pytest.mark.parametrize("first", ["jwt", "jwt/id", "sig-padding-==", "id-hex-uppercase", "sig-last-char-0",
+                                   "jwt/id-hex"])
 def test_every_spelling_is_one_token(client, redis_server, first):
     answer = issue(client)
     variants = spellings(answer)
-    assert len(variants) >= 12  # the unused low bits give at least three more spellings
+    assert len(variants) >= 20  # the unused low bits give at least three more spellings
     body = {"score": 1, "comment": "first"}
     r = client.post(f"{TOKENS}/{variants[first]}", json=body)
     assert r.status_code == 200 and r.json()["duplicate"] is False
@@ -118,7 +131,7 @@ def test_ecdsa_twin_signature_is_the_same_token(es256_client, redis_server):
     # The twin verifies (ECDSA allows it): it is the same token, so it gets the same answer.
     r = client.post(f"{TOKENS}/{twin}", json={"score": 1})
     assert r.status_code == 200 and r.json()["duplicate"] is False
-    for spelling in (jwt, twin, f"{twin}=", answer["id"]):
+    for spelling in (jwt, twin, f"{twin}=", answer["id"], f"{twin}/{answer['id']}", f"{jwt}/{answer['id']}"):
         assert client.post(f"{TOKENS}/{spelling}", json={"score": 0}).status_code == 409
         assert client.post(f"{TOKENS}/{spelling}", json={"score": 1}).json()["duplicate"] is True
     assert len(stream_entries(redis_server)) == 1
@@ -208,7 +221,7 @@ def outcome(r: httpx.Response) -> str:
 def test_identical_racers_record_once(server):
     live, own = server
     answer = live_issue(live)
-    url = f"{TOKENS}/{token_of(answer)}"
+    url = urlsplit(answer["url"]).path  # as issued: <jwt>/<token id>
     responses = asyncio.run(race(live.url, [("POST", url, {"json": {"score": 1}})] * RACERS))
     counts = Counter(outcome(r) for r in responses)
     assert counts == {"recorded": 1, "duplicate": RACERS - 1}
@@ -238,7 +251,8 @@ def test_mixed_racers_duplicates_only_of_the_winner(server):
     requests = []
     for i in range(RACERS):
         # half send one body, the others each their own; spelled in every way the URL allows
-        url = f"{TOKENS}/{[jwt, jwt + '==', answer['id'], uuid.UUID(answer['id']).hex][i % 4]}"
+        spelled = [f"{jwt}/{answer['id']}", jwt, jwt + "==", answer["id"], uuid.UUID(answer["id"]).hex]
+        url = f"{TOKENS}/{spelled[i % len(spelled)]}"
         requests.append(("POST", url, {"json": same if i % 2 else {"score": 0, "comment": f"racer {i}"}}))
     responses = asyncio.run(race(live.url, requests))
     counts = Counter(outcome(r) for r in responses)
@@ -260,12 +274,13 @@ def test_get_links_and_posts_race(server):
     jwt = token_of(answer)
     requests: list[tuple[str, str, dict[str, Any]]] = []
     for i in range(RACERS):
+        url = f"{TOKENS}/{jwt}" + (f"/{answer['id']}" if i % 2 else "")  # as issued, and the older form
         if i % 3 == 0:
-            requests.append(("GET", f"{TOKENS}/{jwt}", {"params": {"score": "1", "utm_source": f"m{i}"}}))
+            requests.append(("GET", url, {"params": {"score": "1", "utm_source": f"m{i}"}}))
         elif i % 3 == 1:
-            requests.append(("POST", f"{TOKENS}/{jwt}", {"json": {"score": 0}}))
+            requests.append(("POST", url, {"json": {"score": 0}}))
         else:  # link previews and monitors: never consume
-            requests.append(("HEAD", f"{TOKENS}/{jwt}", {"params": {"score": "1"}}))
+            requests.append(("HEAD", url, {"params": {"score": "1"}}))
     responses = asyncio.run(race(live.url, requests))
     consuming = [(m, r) for (m, _, _), r in zip(requests, responses, strict=True) if m != "HEAD"]
     assert all(r.status_code == 200 for (m, _, _), r in zip(requests, responses, strict=True) if m == "HEAD")

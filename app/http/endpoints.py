@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from app import encoding
 from app.domain import feedback, policy
-from app.domain.service import FeedbackService, Outcome, parse_idempotency_key
+from app.domain.service import FeedbackService, Outcome, as_uuid, parse_idempotency_key
 from app.domain.tokens import TokenClaims
 from app.errors import (
     BodyTooLarge,
@@ -132,6 +132,16 @@ def _token(request: Request) -> tuple[str, str | None]:
     return params["token"], params.get("token_id")
 
 
+def _token_url_path(request: Request, claims: TokenClaims) -> str:
+    """The path a page's form posts to and a confirm answer names: the one requested, with the
+    token id appended to an old-form ``<jwt>`` path, so that every link the service hands out
+    ends in the token id (what the LangSmith SDK reads from a URL)."""
+    token, token_id = _token(request)
+    if token_id is not None or as_uuid(token) is not None:
+        return request.url.path
+    return f"{request.url.path}/{claims.token_id}"
+
+
 async def submit_post(request: Request) -> Response:
     token, token_id = _token(request)
     if _media(request) == _FORM:
@@ -188,18 +198,19 @@ async def submit_get(request: Request) -> Response:
             await svc.preview(claims, None)
             if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
                 redirect_origin = policy.origin(claims.redirect_url or "")
-            return pages.choose_page(claims, request.url.path, lang, redirect_origin)
+            return pages.choose_page(claims, _token_url_path(request, claims), lang, redirect_origin)
         submission = feedback.parse_query(params)
         claims = await svc.resolve(token, token_id)
         if claims.confirm:
             submission.check(claims.config)
             outcome = await svc.preview(claims, submission)
             if outcome is None:
+                path = _token_url_path(request, claims)
                 if not html:
-                    return JSONResponse(_confirmation(f"{svc.settings.public_url}{request.url.path}", submission))
+                    return JSONResponse(_confirmation(f"{svc.settings.public_url}{path}", submission))
                 if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
                     redirect_origin = policy.origin(claims.redirect_url or "")
-                return pages.confirm_page(claims, submission, request.url.path, lang, redirect_origin)
+                return pages.confirm_page(claims, submission, path, lang, redirect_origin)
         elif request.method == "HEAD":  # what GET would answer, recording nothing
             submission.check(claims.config)
             outcome = await svc.preview(claims, submission)

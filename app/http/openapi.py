@@ -254,10 +254,23 @@ _token_param = {
     "name": "token",
     "in": "path",
     "required": True,
-    "description": "The JWT from the token URL, or the token id (UUID).",
+    "description": "The JWT (the last segment of token URLs issued before they ended in the id), or the "
+    "token id (UUID), which is looked up: how the LangSmith SDK submits.",
     "schema": {"type": "string"},
 }
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "JSON submissions: names one logical submission across requests. The same key with the "
+    "same body is answered as the first time, with `duplicate` true (under `many` too); with another body, "
+    "422 `invalid_request`. 1 to 255 visible ASCII characters (a structured-field string's quotes are "
+    "taken off).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 _api_key: list[dict[str, list[str]]] = [{"apiKey": []}]
+
+
 def _problem_or_page(*classes: type[errors.FeedbackTokenError]) -> dict[str, Any]:
     # A browser (Accept: text/html) gets a short page with the same status instead.
     doc = _problem(*classes)
@@ -273,7 +286,7 @@ _submit_errors = {
     "410": _problem_or_page(errors.TokenExpired, errors.TokenRevoked),
     "413": _problem_or_page(errors.BodyTooLarge),
     "422": _problem_or_page(errors.InvalidFeedback),
-    "503": _problem_or_page(errors.StoreUnavailable),
+    "503": _problem_or_page(errors.StoreUnavailable, errors.KeysStale),
 }
 _feedback_answer = {
     "description": "Recorded (or an identical retry: `duplicate` is true).",
@@ -372,11 +385,13 @@ DOCUMENT: dict[str, Any] = {
                         "application/x-www-form-urlencoded": {"schema": _ref("FormSubmission")},
                     },
                 },
+                "parameters": [_IDEMPOTENCY_KEY],
                 "responses": {
                     "200": _feedback_answer,
                     "303": _redirected,
                     **_submit_errors,
                     "415": _problem(errors.UnsupportedMediaType),
+                    "422": _problem_or_page(errors.InvalidFeedback, errors.InvalidRequest),
                 },
             },
             "get": {
@@ -504,6 +519,34 @@ DOCUMENT: dict[str, Any] = {
         },
     },
 }
+
+
+def _under_token_id(paths: dict[str, Any]) -> dict[str, Any]:
+    """Token URLs as issued, ``<jwt>/<token id>``: the submit and read operations of the one-segment
+    path (whose ``token`` is then a JWT or an id), placed after it; revocation stays by id alone."""
+    token_id = {
+        "name": "token_id",
+        "in": "path",
+        "required": True,
+        "description": "The token id, the last segment of a token URL (where the LangSmith SDK reads it). "
+        "It must be the JWT's own (`jti`), else 401 `token_invalid`.",
+        "schema": _uuid,
+    }
+    jwt = {**_token_param, "description": "The JWT from the token URL (not an id)."}
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        out[path] = item
+        if path == "/api/v1/feedback/tokens/{token}/info":
+            single = paths["/api/v1/feedback/tokens/{token}"]
+            out["/api/v1/feedback/tokens/{token}/{token_id}"] = {
+                **{method: op for method, op in single.items() if method in ("post", "get")},
+                "parameters": [jwt, token_id],
+            }
+            out["/api/v1/feedback/tokens/{token}/{token_id}/info"] = {**item, "parameters": [jwt, token_id]}
+    return out
+
+
+DOCUMENT["paths"] = _under_token_id(DOCUMENT["paths"])
 
 
 async def endpoint(request: Request) -> Response:

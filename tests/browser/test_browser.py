@@ -105,7 +105,7 @@ class Service:
         )
         signer = KeyringDir(self.keys).load().signer
         assert signer is not None
-        return f"{self.url}{TOKENS}/{tokens.sign(claims, signer, 'fbt')}"
+        return f"{self.url}{TOKENS}/{tokens.sign(claims, signer, 'fbt')}/{claims.token_id}"
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +275,28 @@ def test_widget_categories_text_and_expired(page, host, service, shot):
     shot(page.locator("#cat").locator(".."), "widget-categories")
     shot(page.locator("#txt").locator(".."), "widget-text")
     shot(page.locator("#old").locator(".."), "widget-expired")
+
+
+def test_widget_takes_the_older_url_form_and_a_pasted_link(page, host, service):
+    old, pasted = service.issue(), service.issue()
+    old_url = old["url"].rsplit("/", 1)[0]  # .../tokens/<jwt>: a URL issued before ids were appended
+    body = (
+        embed(service, old_url, attrs=' id="old"')
+        + embed(service, f"{pasted['url']}/?score=1&utm_source=mail#answer", attrs=' id="pasted"')
+        + widget_script(service)
+    )
+    page.goto(host.put("/forms.html", "URL forms", body))
+    page.locator("#old").get_by_role("button", name="Helpful", exact=True).click()
+    page.locator("#old").get_by_text("Your feedback has been recorded.").wait_for()
+    page.locator("#pasted").get_by_role("button", name="Not helpful").click()
+    page.locator("#pasted").get_by_text("Your feedback has been recorded.").wait_for()
+    assert [e["score"] for e in service.entries(old)] == ["1"]
+    assert [e["score"] for e in service.entries(pasted)] == ["0"]
+    # The first token under its URL as issued is the same token: used, said on load.
+    page.goto(host.put("/issued.html", "As issued", embed(service, old["url"], attrs=' id="again"')
+                       + widget_script(service)))
+    page.locator("#again").get_by_text("Feedback has already been given with this link.").wait_for()
+    assert len(service.entries(old)) == 1
 
 
 def test_widget_speaks_french_when_the_page_does(page, host, service, shot):

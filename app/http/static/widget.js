@@ -1,6 +1,6 @@
 /*! feedback-tokens widget: no dependencies, no build step.
  *
- *   <div data-feedback-url="https://feedback.example.com/api/v1/feedback/tokens/eyJ..."
+ *   <div data-feedback-url="https://feedback.example.com/api/v1/feedback/tokens/eyJ.../8d2c3a51-..."
  *        data-comment="true" data-question="Was this answer helpful?"></div>
  *   <script src="https://feedback.example.com/widget.js" async></script>
  *
@@ -8,6 +8,7 @@
  * The control (thumbs, 1-5 stars, categories or a text box) follows the token's feedback_config,
  * read from <url>/info, which consumes nothing. Submitting POSTs JSON to the token URL. The host
  * element then fires a bubbling "feedback" event: detail = {outcome, feedback | problem}.
+ * The URL is the token's `url` as issued (<jwt>/<token id>); the older <jwt>-only form works too.
  */
 (function () {
   "use strict";
@@ -149,7 +150,8 @@
     var s = STRINGS[pickLang(options.lang || host.getAttribute("data-lang"))];
     var withComment = options.comment != null ? !!options.comment : host.getAttribute("data-comment") === "true";
     var question = options.question || host.getAttribute("data-question") || s.question;
-    var base = String(url).split("#")[0].split("?")[0];
+    // A pasted link may carry an answer, a fragment or a trailing slash: the token URL is the path.
+    var base = String(url).trim().split("#")[0].split("?")[0].replace(/\/+$/, "");
     var id = "fbw" + (++counter);
 
     var root = host;
