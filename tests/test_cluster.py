@@ -107,7 +107,12 @@ class Load:
                 accepted.setdefault(s.token, []).append(s)
         assert all(len(v) == 1 for v in accepted.values()), "a once token accepted twice"
         streamed = [e["token_id"] for _, e in layout.stream_rows(cluster.client())]
-        assert sorted(streamed) == sorted(accepted), "an answered submission missing from the streams, or extra"
+        assert len(streamed) == len(set(streamed)), "a once token recorded twice"
+        assert set(accepted) <= set(streamed), "an answered submission missing from the streams"
+        # A 503 after Redis ran the script (its reply lost with the node) may have recorded: only
+        # such tokens may be in a stream without an answer that said so.
+        unsure = {s.token for s in self.sent if s.status in (503, 0)}
+        assert set(streamed) - set(accepted) <= unsure, "recorded without any answer saying so"
         statuses = {s.status for s in self.sent}
         assert statuses <= {200, 409, 503, 0}, statuses
         late = [s for s in self.sent if s.at > fault_at + 10]

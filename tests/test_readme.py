@@ -149,7 +149,7 @@ def test_the_readme_has_blocks_to_run():
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"line {b.line} ({b.language})")
 def test_readme_block_runs_as_written(server: DevServer, block: Block):
-    env = {**_clean_env(), "FEEDBACK_MAX_TTL": "1", "FEEDBACK_LEEWAY": "0"}
+    env = {**_clean_env(), "FEEDBACK_MAX_TTL": "1", "FEEDBACK_DEFAULT_TTL": "1", "FEEDBACK_LEEWAY": "0"}
     code = as_run_here(block, server)
     if block.language == "sh":
         argv = ["bash", "-e", "-o", "pipefail", "-c", code]
