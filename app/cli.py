@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.keys.keyring import ALGORITHMS, DEFAULT_ALG, KeyringDir, KeyringError
 
 
@@ -100,25 +100,46 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logging_env(log_format: str | None, no_access_log: bool = False) -> Settings:
+    """Put the command line's logging choices where every worker reads them (the environment),
+    check the whole configuration once here rather than in each worker, and set up this
+    process's own logging the same way."""
+    from app.ops import logs
+
+    if log_format:
+        os.environ["FEEDBACK_LOG_FORMAT"] = log_format
+    if no_access_log:
+        os.environ["FEEDBACK_ACCESS_LOG"] = "0"
+    settings = Settings.from_env()
+    logs.configure(settings.log_format, settings.access_log)
+    return settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run(
-        "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        log_level="info",
-        access_log=not args.no_access_log,
-    )
+    from app.ops.metrics import serving_directory
+
+    settings = _logging_env(args.log_format, args.no_access_log)
+    with serving_directory(args.workers, settings.metrics):
+        uvicorn.run(
+            "app.main:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            log_level="info",
+            log_config=None,  # ours (app.ops.logs), in this process and in each worker
+            access_log=False,  # the app writes one access line per request itself
+        )
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.dev import run_dev
 
-    return run_dev(Path(args.root), args.port)
+    os.environ.setdefault("FEEDBACK_LOG_FORMAT", "text")
+    return run_dev(Path(args.root), args.port, args.log_format)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument(
-        "--no-access-log", action="store_true", help="skip uvicorn's access log (measurably faster)"
+        "--no-access-log", action="store_true", help="no access line per request (FEEDBACK_ACCESS_LOG=0)"
+    )
+    serve.add_argument(
+        "--log-format", choices=("json", "text"), help="log lines on stderr (default: $FEEDBACK_LOG_FORMAT or json)"
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -163,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="development server: private Redis, key, API key (make run)")
     dev.add_argument("--root", default=".")
     dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument(
+        "--log-format", choices=("json", "text"), help="log lines on stderr (default: $FEEDBACK_LOG_FORMAT or text)"
+    )
     dev.set_defaults(func=cmd_dev)
     return parser
 
@@ -171,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except KeyringError as err:
+    except (KeyringError, ConfigError) as err:
         print(f"feedback-tokens: {err}", file=sys.stderr)
         return 2
 

@@ -66,6 +66,25 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A setting that is on or off, with a default; anything else is refused, not guessed."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (on or off), got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -108,6 +127,13 @@ class Settings:
     jwks_refresh: float = 4.0
     # Least seconds between the extra fetches that unknown kids trigger (forged kids are free).
     jwks_refetch_floor: float = 10.0
+    # GET /metrics and the counting behind it.
+    metrics: bool = True
+    # When set, /metrics answers only requests bearing it (Authorization: Bearer ...).
+    metrics_token: Secret | None = None
+    # Logs on stderr: "json" lines or "text"; one access line per request unless access_log is off.
+    log_format: str = "json"
+    access_log: bool = True
 
     @property
     def stream_key(self) -> str:
@@ -142,4 +168,8 @@ class Settings:
             jwks_url=_url(env, "FEEDBACK_JWKS_URL"),
             jwks_refresh=_float(env, "FEEDBACK_JWKS_REFRESH", cls.jwks_refresh),
             jwks_refetch_floor=_float(env, "FEEDBACK_JWKS_REFETCH_FLOOR", cls.jwks_refetch_floor),
+            metrics=_switch(env, "FEEDBACK_METRICS", cls.metrics),
+            metrics_token=Secret(token) if (token := env.get("FEEDBACK_METRICS_TOKEN", "").strip()) else None,
+            log_format=_choice(env, "FEEDBACK_LOG_FORMAT", cls.log_format, ("json", "text")),
+            access_log=_switch(env, "FEEDBACK_ACCESS_LOG", cls.access_log),
         )

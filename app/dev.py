@@ -67,8 +67,10 @@ def start_private_redis(root: Path) -> tuple[str, subprocess.Popen[bytes] | None
     sys.exit("redis-server did not start within 5 s")
 
 
-def run_dev(root: Path, port: int) -> int:
+def run_dev(root: Path, port: int, log_format: str | None = None) -> int:
     import uvicorn
+
+    from app.cli import _logging_env
 
     keys_dir = Path(os.environ.get("FEEDBACK_KEYS_DIR") or root / "keys")
     kid = KeyringDir(keys_dir).init(DEFAULT_ALG)
@@ -96,8 +98,9 @@ def run_dev(root: Path, port: int) -> int:
     # uvicorn re-raises the SIGTERM it handled once it has shut down; turn that into an exit
     # so the private Redis below is stopped with us rather than left running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _logging_env(log_format)
     try:
-        uvicorn.run("app.main:app", host="127.0.0.1", port=port, log_level="info")
+        uvicorn.run("app.main:app", host="127.0.0.1", port=port, log_level="info", log_config=None, access_log=False)
     finally:
         if proc is not None:
             proc.terminate()

@@ -24,6 +24,8 @@ from app.http import assets, demo, endpoints, openapi
 from app.http.middleware import BASE_HEADERS, SecurityHeaders
 from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource, JwksSource, KeySource
+from app.ops import context, logs, metrics
+from app.ops.middleware import Observe
 from app.store.store import Store
 
 log = logging.getLogger("feedback_tokens")
@@ -35,13 +37,6 @@ def redact(text: str) -> str:
     return _TOKEN_IN_PATH.sub(r"\1\2…", text)
 
 
-class RedactTokens(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        return True
-
-
 def problem(err: FeedbackTokenError) -> JSONResponse:
     body = {
         "type": f"urn:feedback-tokens:problem:{err.code}",
@@ -50,6 +45,9 @@ def problem(err: FeedbackTokenError) -> JSONResponse:
         "detail": err.detail,
         "code": err.code,
     }
+    request_id = context.note_problem(err.code)
+    if request_id is not None:
+        body["request_id"] = request_id
     return JSONResponse(
         body, status_code=err.status, headers=err.headers(), media_type="application/problem+json"
     )
@@ -64,8 +62,11 @@ async def on_error(request: Request, exc: Exception) -> Response:
         return problem(NotFound(f"nothing at {redact(request.url.path)}"))
     log.exception("unhandled error on %s %s", request.method, redact(request.url.path))
     response = problem(FeedbackTokenError("something went wrong on our side"))
-    # Starlette answers this from its outermost middleware, outside SecurityHeaders.
+    # Starlette answers this from its outermost middleware, outside SecurityHeaders and Observe.
     response.headers.update(BASE_HEADERS)
+    access = context.current()
+    if access is not None:
+        response.headers[context.REQUEST_ID_HEADER] = access.request_id
     return response
 
 
@@ -132,6 +133,7 @@ def create_app(
         finally:
             await keys.stop()
             await store.close()
+            metrics.shutdown()
 
     routes = [
         Route("/api/v1/feedback/tokens", endpoints.tokens_root, methods=["GET", "POST"]),
@@ -147,6 +149,8 @@ def create_app(
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.endpoint, methods=["GET"]),
     ]
+    if metrics.setup(settings.metrics) is not None:
+        routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
     if settings.demo:
         log.warning("FEEDBACK_DEMO is on: /demo issues tokens without an API key (development only)")
         routes += [
@@ -156,6 +160,8 @@ def create_app(
             Route("/demo/entries", demo.entries, methods=["GET"]),
         ]
     middleware = [
+        # Outermost: it sees every answer as sent, CORS preflights included.
+        Middleware(Observe, routes=routes, access_log=settings.access_log),
         Middleware(SecurityHeaders),
         # Any page may submit to a token URL, without credentials. X-API-Key is not an allowed
         # header, so browsers can't call the issuing endpoints cross-origin at all.
@@ -177,7 +183,6 @@ def create_app(
     app.state.settings = settings
     app.state.service = FeedbackService(settings, store, keys, clock)
     app.state.readiness = Readiness(store, keys)
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     return app
 
 
@@ -189,6 +194,8 @@ def __getattr__(name: str) -> Any:
     # `create_app` (tests, the CLI) reads no environment.
     if name == "app":
         global app
-        app = create_app()
+        settings = Settings.from_env()
+        logs.configure(settings.log_format, settings.access_log)
+        app = create_app(settings)
         return app
     raise AttributeError(name)

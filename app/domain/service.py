@@ -21,6 +21,7 @@ from app.errors import (
     TokenUsed,
 )
 from app.keys.source import KeySource
+from app.ops.context import note_token
 from app.store.store import Outcome, Store, TokenState, encode_field
 
 TOKEN_PATH = "/api/v1/feedback/tokens/"
@@ -147,6 +148,7 @@ class FeedbackService:
         tid = as_uuid(token_id)
         if tid is None or not await self.store.revoke(tid):
             raise TokenNotFound("no live token has this id")
+        note_token(tid)
 
     # -- submission -------------------------------------------------------------------------
 
@@ -168,13 +170,16 @@ class FeedbackService:
         """The path segment is a JWT, or a token id (the LangSmith SDK's way) to look up."""
         tid = as_uuid(token)
         if tid is None:
-            return await self.verify(token, expired_ok), token
+            claims = await self.verify(token, expired_ok)
+            note_token(claims.token_id)
+            return claims, token
         jwt = await self.store.lookup(tid)
         if jwt is None:
             raise TokenNotFound("no live token has this id")
         claims = await self.verify(jwt, expired_ok)
         if claims.token_id != tid:  # the record must name the token stored under it
             raise TokenInvalid("token record does not match its id")
+        note_token(claims.token_id)
         return claims, jwt
 
     # -- read-only looks -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.http import pages
+from app.ops import context, metrics
 from app.store.store import Outcome
 
 ISSUE_BODY_CAP = 256 * 1024
@@ -84,7 +85,9 @@ def _query_int(request: Request, name: str, default: int, lo: int, hi: int) -> i
 async def issue_tokens(request: Request) -> Response:
     authorize(request)
     body = feedback.loads(await read_body(request, ISSUE_BODY_CAP))
-    return JSONResponse(await service(request).issue(body))
+    answer = await service(request).issue(body)
+    metrics.tokens_issued(len(answer) if isinstance(answer, list) else 1)
+    return JSONResponse(answer)
 
 
 async def list_tokens(request: Request) -> Response:
@@ -102,6 +105,7 @@ async def list_tokens(request: Request) -> Response:
 async def revoke_token(request: Request) -> Response:
     authorize(request)
     await service(request).revoke(request.path_params["token"])
+    metrics.token_revoked()
     return Response(status_code=204)
 
 
@@ -118,6 +122,7 @@ def _answer(outcome: Any) -> dict[str, Any]:
 def _answer_response(outcome: Any) -> Response:
     """The JSON answer to a recorded submission: what ``JSONResponse(_answer(outcome))`` sends,
     encoded with orjson (the submit path's hot loop)."""
+    context.note_outcome(outcome.duplicate)
     return Response(encoding.dumps(_answer(outcome)), media_type="application/json")
 
 
@@ -204,6 +209,7 @@ async def submit_get(request: Request) -> Response:
 
 
 def _error_page(err: FeedbackTokenError, lang: str) -> Response:
+    context.note_problem(err.code)  # the page's counterpart of app.main.problem
     page = pages.outcome_page(err.code, err.status, err.detail, lang)
     page.headers.update(err.headers())  # e.g. Retry-After on a 503, as the JSON answer has it
     return page
@@ -222,6 +228,7 @@ def _recorded(svc: FeedbackService, claims: TokenClaims, outcome: Outcome, html:
     """The answer to a recorded submission: JSON, or for a browser a page (or the redirect)."""
     if not html:
         return _answer_response(outcome)
+    context.note_outcome(outcome.duplicate)
     if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
         return pages.redirect(claims.redirect_url or "")
     if outcome.duplicate:
@@ -239,9 +246,12 @@ async def token_info(request: Request) -> Response:
 async def token_path(request: Request) -> Response:
     method = request.method
     if method == "POST":
+        context.note_submission()
         return await submit_post(request)
     if method == "DELETE":
         return await revoke_token(request)
+    if method == "GET":  # HEAD only looks
+        context.note_submission()
     return await submit_get(request)
 
 

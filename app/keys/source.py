@@ -33,6 +33,9 @@ class KeySource:
 
     keyring: Keyring = Keyring()
     error: str | None = None
+    # Wall-clock time of the last successful load, or check that found the keys current; None
+    # before the first. Metrics report the age; a node can refuse keys that are too old.
+    loaded_at: float | None = None
 
     async def start(self) -> None:
         """Load once and begin watching for changes. Never raises for a missing or bad keyring:
@@ -73,6 +76,7 @@ class DirectorySource(KeySource):
             if self.error is not None:  # put back as it was: what we hold is what's on disk
                 log.info("keyring in %s is back to the loaded one", self.directory.path)
                 self.error = None
+            self.loaded_at = time.time()
             return False
         try:
             # A manifest that vanishes is never meant (retiring every key still leaves one): a
@@ -87,6 +91,7 @@ class DirectorySource(KeySource):
         # Only remember the fingerprint of what loaded: a failed or half-synced state is tried
         # again on the next tick, and its error logged again only if it changes.
         self._fingerprint, self._loaded, self.keyring, self.error = fingerprint, True, keyring, None
+        self.loaded_at = time.time()
         log.info("keyring loaded from %s: %s", self.directory.path, keyring.describe())
         return True
 
@@ -225,6 +230,7 @@ class JwksSource(KeySource):
         if self.error is not None:
             log.info("JWKS from %s loads again", self.url)
         self.error = None
+        self.loaded_at = time.time()
 
     async def _get(self, client: httpx.AsyncClient) -> bytes:
         async with client.stream("GET", self.url) as response:

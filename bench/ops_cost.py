@@ -1,0 +1,329 @@
+"""What metrics and JSON access logs cost the submit path (issue 13: at most 5 %).
+
+    .venv/bin/python bench/ops_cost.py [--workers 1,2] [--rounds 6] [--duration 5] [--warmup 1]
+
+Starts its own redis-server and keyring, then, for each worker count, the real app twice under
+uvicorn (uvloop, httptools), side by side on one Redis:
+
+- **on**: ``FEEDBACK_METRICS=1``, ``FEEDBACK_LOG_FORMAT=json``, one access line per request,
+  written to a file (as a container's stderr would be);
+- **off**: ``FEEDBACK_METRICS=0``, ``FEEDBACK_ACCESS_LOG=0``.
+
+Each round drives both with wrk (-t2 -c50, ``POST {"score": 1}`` on fresh tokens, one per
+request, issued through the API before the round), the order alternating from round to round so
+that drift in what else the machine does falls on both sides; the figure is the median over
+rounds of on/off throughput. A round with a non-2xx answer, a socket error or a thread out of
+tokens is invalid and left out. At the end, ``feedback_submissions_total{outcome="recorded"}``
+scraped from the "on" node must equal the 2xx answers it gave: the metrics counted what they
+cost. Needs ``wrk`` and ``redis-server``; stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENS = "/api/v1/feedback/tokens"
+API_KEY = "bench-ops-" + uuid.uuid4().hex
+UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+SIDES = {
+    "on": {"FEEDBACK_METRICS": "1", "FEEDBACK_LOG_FORMAT": "json", "FEEDBACK_ACCESS_LOG": "1"},
+    "off": {"FEEDBACK_METRICS": "0", "FEEDBACK_ACCESS_LOG": "0"},
+}
+# wrk: POST {"score": 1} to a new path each request. Thread k takes lines k, k+THREADS, ...; a
+# thread out of paths sends one request to a 404 path (counted as non-2xx) and stops.
+WRK_SCRIPT = r"""
+local threads, counter = {}, 0
+function setup(thread)
+   thread:set("tid", counter); counter = counter + 1; table.insert(threads, thread)
+end
+function init(args)
+   local n = tonumber(args[2]); paths = {}; local i = 0
+   for line in io.lines(args[1]) do
+      if line ~= "" then
+         if i % n == tid then paths[#paths + 1] = line end
+         i = i + 1
+      end
+   end
+   pos, exhausted = 0, 0
+   headers = {["Content-Type"] = "application/json"}
+end
+function request()
+   pos = pos + 1
+   if pos > #paths then
+      exhausted = 1; wrk.thread:stop()
+      return wrk.format("POST", "/__out_of_tokens__", headers, '{"score": 1}')
+   end
+   return wrk.format("POST", paths[pos], headers, '{"score": 1}')
+end
+function done(summary, latency, requests)
+   local exh = 0
+   for _, t in ipairs(threads) do exh = exh + (t:get("exhausted") or 0) end
+   local e = summary.errors
+   io.write(string.format('RESULT {"requests": %d, "duration_us": %d, "non2xx": %d, "errors": %d, ' ..
+      '"p50_us": %d, "p99_us": %d, "exhausted": %d}\n', summary.requests, summary.duration, e.status,
+      e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99), exh))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Group:
+    """A process started in a session of its own, stopped with everything it started."""
+
+    def __init__(self, args: list[str], **kw: object) -> None:
+        self.proc = subprocess.Popen(args, start_new_session=True, **kw)  # type: ignore[call-overload]
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # uvicorn's workers may outlive their supervisor briefly
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer within {timeout} s")
+
+
+@dataclass
+class Run:
+    side: str
+    workers: int
+    round: int
+    result: dict[str, int]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.result["requests"] / (self.result["duration_us"] / 1e6)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="fbt-ops-bench-"))
+        self.groups: list[Group] = []
+        self.lua = self.work / "submit.lua"
+        self.lua.write_text(WRK_SCRIPT)
+        self.runs: list[Run] = []
+        self.on_2xx = 0
+        self.miscounted: list[str] = []
+
+    def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> Group:
+        with open(log, "ab") as out:
+            group = Group(args, cwd=ROOT, env=env or os.environ.copy(), stdout=out, stderr=out)
+        self.groups.append(group)
+        return group
+
+    def stop(self, group: Group) -> None:
+        group.stop()
+        self.groups.remove(group)
+
+    def close(self) -> None:
+        for group in list(self.groups):
+            with contextlib.suppress(Exception):
+                self.stop(group)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def redis(self) -> str:
+        port = free_port()
+        args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.work), "--save", "",
+                "--appendonly", "no", "--maxmemory-policy", "noeviction"]
+        group = self.start(args, self.work / "redis.log")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return f"redis://127.0.0.1:{port}/0"
+            except OSError:
+                pass
+            if group.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def serve(self, side: str, workers: int, redis_url: str, keys: Path) -> tuple[Group, str]:
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": redis_url, "FEEDBACK_KEYS_DIR": str(keys), "FEEDBACK_API_KEYS": API_KEY,
+               "FEEDBACK_PUBLIC_URL": f"http://127.0.0.1:{port}", **SIDES[side]}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(workers), *UVICORN_FLAGS]
+        group = self.start(args, self.work / f"{side}-{workers}.log", env)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/healthz", group.proc, f"uvicorn ({side})")
+        return group, base
+
+    def tokens(self, base: str, count: int) -> Path:
+        """``count`` fresh token paths, issued through the API in batches of 100."""
+        paths: list[str] = []
+        with httpx.Client(base_url=base, headers={"X-API-Key": API_KEY}, timeout=30) as client:
+            while len(paths) < count:
+                batch = [{"run_id": str(uuid.uuid4()), "feedback_key": "user_score",
+                          "feedback_config": {"type": "continuous", "min": 0, "max": 1}}
+                         for _ in range(min(100, count - len(paths)))]
+                r = client.post(TOKENS, json=batch)
+                r.raise_for_status()
+                paths += [httpx.URL(t["url"]).path for t in r.json()]
+        out = self.work / f"paths-{uuid.uuid4().hex}.txt"
+        out.write_text("\n".join(paths) + "\n")
+        return out
+
+    def wrk(self, base: str, paths: Path, seconds: int) -> dict[str, int]:
+        args = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s", "--latency",
+                "-s", str(self.lua), base, "--", str(paths), str(self.args.threads)]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+        match = re.search(r"^RESULT (\{.*\})$", out, re.M)
+        if match is None:
+            raise RuntimeError(f"wrk printed no result:\n{out}")
+        paths.unlink()
+        return json.loads(match.group(1))  # type: ignore[no-any-return]
+
+    def round(self, workers: int, n: int, side: str, base: str, pool: int) -> Run:
+        warm = self.tokens(base, pool // max(1, self.args.duration) * max(1, self.args.warmup) + 100)
+        warmed = self.wrk(base, warm, self.args.warmup)
+        paths = self.tokens(base, pool)
+        run = Run(side, workers, n, self.wrk(base, paths, self.args.duration))
+        res = run.result
+        if res["non2xx"] or res["errors"]:
+            run.problems.append(f"{res['non2xx']} non-2xx, {res['errors']} socket errors")
+        if res["exhausted"]:
+            run.problems.append("a wrk thread ran out of tokens")
+        if side == "on":
+            self.on_2xx += sum(r["requests"] - r["non2xx"] for r in (warmed, res))
+        return run
+
+    def recorded(self, base: str) -> float:
+        text = httpx.get(base + "/metrics", timeout=10).text
+        match = re.search(r'^feedback_submissions_total\{outcome="recorded"\} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def measure(self, workers: int, redis_url: str, keys: Path) -> None:
+        servers = {side: self.serve(side, workers, redis_url, keys) for side in SIDES}
+        # Size the token pools from a short probe of the "off" side (the faster, if anything).
+        probe = self.tokens(servers["off"][1], 3000 * workers)
+        rate = self.wrk(servers["off"][1], probe, 1)["requests"]
+        pool = int(rate * self.args.duration * 1.6) + 500
+        self.on_2xx = 0
+        before = self.recorded(servers["on"][1])
+        for n in range(self.args.rounds):
+            order = ("on", "off") if n % 2 == 0 else ("off", "on")
+            for side in order:
+                run = self.round(workers, n, side, servers[side][1], pool)
+                self.runs.append(run)
+                flag = "" if not run.problems else "  INVALID: " + "; ".join(run.problems)
+                print(f"  workers={workers} round {n + 1} {side:>3}: {run.rps:8,.0f} req/s  "
+                      f"p50 {run.result['p50_us'] / 1000:.2f} ms  p99 {run.result['p99_us'] / 1000:.2f} ms{flag}",
+                      flush=True)
+        counted = self.recorded(servers["on"][1]) - before
+        # wrk counts the answers it read; requests in flight when a run stops are recorded too.
+        slack = self.args.connections * 2 * self.args.rounds
+        print(f"  workers={workers}: the 'on' node's /metrics counted {counted:,.0f} recorded submissions; "
+              f"wrk read {self.on_2xx:,} 2xx answers from it (+ up to {slack} in flight at the stops)", flush=True)
+        if not self.on_2xx <= counted <= self.on_2xx + slack:
+            self.miscounted.append(f"{workers} worker(s): counted {counted:,.0f}, answered {self.on_2xx:,}")
+        for group, _ in servers.values():
+            self.stop(group)
+
+    def run(self) -> int:
+        if shutil.which("wrk") is None or shutil.which("redis-server") is None:
+            print("needs wrk and redis-server on PATH (apt-get install -y wrk redis-server)", file=sys.stderr)
+            return 2
+        keys = self.work / "keys"
+        subprocess.run([sys.executable, "-m", "app.cli", "keys", "--dir", str(keys), "init"], cwd=ROOT, check=True,
+                       capture_output=True)
+        redis_url = self.redis()
+        for workers in self.args.workers:
+            self.measure(workers, redis_url, keys)
+        return self.report()
+
+    def report(self) -> int:
+        print(f"\nmetrics + JSON access logs, on vs off (wrk -t{self.args.threads} -c{self.args.connections}, "
+              f"{self.args.rounds} paired rounds of {self.args.duration} s, median of per-round on/off):")
+        bad = 0
+        for workers in self.args.workers:
+            pairs: dict[int, dict[str, Run]] = {}
+            for run in self.runs:
+                if run.workers == workers:
+                    pairs.setdefault(run.round, {})[run.side] = run
+            valid = [p for p in pairs.values() if len(p) == 2 and not p["on"].problems and not p["off"].problems]
+            bad += len(pairs) - len(valid)
+            if not valid:
+                print(f"  {workers} worker(s): no valid round")
+                continue
+            ratios = [p["on"].rps / p["off"].rps for p in valid]
+            on = statistics.median(p["on"].rps for p in valid)
+            off = statistics.median(p["off"].rps for p in valid)
+            ratio = statistics.median(ratios)
+            print(f"  {workers} worker(s): on {on:,.0f} req/s, off {off:,.0f} req/s; on/off median {ratio:.3f} "
+                  f"(cost {100 * (1 - ratio):.1f} %), rounds {', '.join(f'{r:.3f}' for r in ratios)}")
+        for problem in self.miscounted:
+            print(f"  METRICS MISCOUNTED: {problem}")
+        return 1 if bad or self.miscounted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/ops_cost.py", description=__doc__.split("\n")[0])
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--duration", type=int, default=5, help="measured seconds per run (whole seconds)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--connections", type=int, default=50)
+    args = p.parse_args(argv)
+    args.workers = [int(w) for w in args.workers.split(",")]
+    bench = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return bench.run()
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
