@@ -1,6 +1,7 @@
 """What metrics and JSON access logs cost the submit path (issue 13: at most 5 %).
 
     .venv/bin/python bench/ops_cost.py [--workers 1,2] [--rounds 6] [--duration 5] [--warmup 1]
+                                       [--wait-idle S] [--noisy 0.10]
 
 Starts its own redis-server and keyring, then, for each worker count, the real app twice under
 uvicorn (uvloop, httptools), side by side on one Redis:
@@ -11,11 +12,16 @@ uvicorn (uvloop, httptools), side by side on one Redis:
 
 Each round drives both with wrk (-t2 -c50, ``POST {"score": 1}`` on fresh tokens, one per
 request, issued through the API before the round), the order alternating from round to round so
-that drift in what else the machine does falls on both sides; the figure is the median over
-rounds of on/off throughput. A round with a non-2xx answer, a socket error or a thread out of
-tokens is invalid and left out. At the end, ``feedback_submissions_total{outcome="recorded"}``
-scraped from the "on" node must equal the 2xx answers it gave: the metrics counted what they
-cost. Needs ``wrk`` and ``redis-server``; stops everything it started.
+that drift in what else the machine does falls on both sides. Two figures, each the median over
+rounds of on/off: throughput, and the servers' own CPU time per answered request (from /proc),
+which other load on a shared machine disturbs far less than throughput. A round with a non-2xx
+answer, a socket error or a thread out of tokens is invalid and left out. Each run also
+measures the share of the machine that other processes used meanwhile (all busy time less that
+of what we started); medians are printed over all valid rounds and over the quiet ones (others
+under ``--noisy`` in both runs), and ``--wait-idle S`` waits up to S seconds before each round
+for the machine to be quiet. At the end, ``feedback_submissions_total{outcome="recorded"}``
+scraped from the "on" node must match the 2xx answers wrk read from it: the metrics counted what
+they cost. Needs ``wrk`` and ``redis-server``; stops everything it started.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -40,6 +47,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+CORES = os.cpu_count() or 1
 TOKENS = "/api/v1/feedback/tokens"
 API_KEY = "bench-ops-" + uuid.uuid4().hex
 UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -82,6 +90,32 @@ function done(summary, latency, requests)
       e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99), exh))
 end
 """
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (user, nice, system) since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:4]]
+    return sum(fields) / _TICK
+
+
+def group_cpu(groups: set[int]) -> float:
+    """CPU seconds of the live processes in these process groups."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[2]) in groups:
+            total += (int(rest[11]) + int(rest[12])) / _TICK
+    return total
 
 
 def free_port() -> int:
@@ -135,11 +169,18 @@ class Run:
     workers: int
     round: int
     result: dict[str, int]
+    other: float = 0.0  # share of the machine other processes used meanwhile
     problems: list[str] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
         return self.result["requests"] / (self.result["duration_us"] / 1e6)
+
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU time (all its workers) per answered request: what the feature costs,
+        much less disturbed by other load on the machine than throughput is."""
+        return self.result["server_cpu_us"] / max(1, self.result["requests"])
 
 
 class Bench:
@@ -151,6 +192,7 @@ class Bench:
         self.lua.write_text(WRK_SCRIPT)
         self.runs: list[Run] = []
         self.on_2xx = 0
+        self.fastest = 0.0
         self.miscounted: list[str] = []
 
     def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> Group:
@@ -214,28 +256,55 @@ class Bench:
         out.write_text("\n".join(paths) + "\n")
         return out
 
-    def wrk(self, base: str, paths: Path, seconds: int) -> dict[str, int]:
+    def ours(self) -> float:
+        """CPU seconds used by what we started (and reaped) and by this process."""
+        own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for f in ("ru_utime", "ru_stime"))
+        return own + group_cpu({g.proc.pid for g in self.groups})
+
+    def other_share(self, seconds: float) -> float:
+        """Over ``seconds`` of sleep: the share of the machine that other processes used."""
+        b0, o0, t0 = machine_busy(), self.ours(), time.monotonic()
+        time.sleep(seconds)
+        return max(0.0, (machine_busy() - b0) - (self.ours() - o0)) / ((time.monotonic() - t0) * CORES)
+
+    def wait_idle(self) -> None:
+        deadline = time.monotonic() + self.args.wait_idle
+        while time.monotonic() < deadline and self.other_share(1.0) > self.args.noisy:
+            pass
+
+    def wrk(self, base: str, paths: Path, seconds: int, server: Group | None = None) -> dict[str, int]:
         args = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s", "--latency",
                 "-s", str(self.lua), base, "--", str(paths), str(self.args.threads)]
+        group = {server.proc.pid} if server is not None else set()
+        b0, o0, s0, t0 = machine_busy(), self.ours(), group_cpu(group), time.monotonic()
         out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+        other = max(0.0, (machine_busy() - b0) - (self.ours() - o0)) / ((time.monotonic() - t0) * CORES)
+        server_cpu = group_cpu(group) - s0
         match = re.search(r"^RESULT (\{.*\})$", out, re.M)
         if match is None:
             raise RuntimeError(f"wrk printed no result:\n{out}")
         paths.unlink()
-        return json.loads(match.group(1))  # type: ignore[no-any-return]
+        result: dict[str, int] = json.loads(match.group(1))
+        result["other_permille"] = int(other * 1000)
+        result["server_cpu_us"] = int(server_cpu * 1e6)
+        return result
 
-    def round(self, workers: int, n: int, side: str, base: str, pool: int) -> Run:
-        warm = self.tokens(base, pool // max(1, self.args.duration) * max(1, self.args.warmup) + 100)
+    def round(self, workers: int, n: int, side: str, server: Group, base: str) -> Run:
+        # Twice what the fastest run so far would use: a thread out of tokens spoils a round.
+        pool = int(self.fastest * self.args.duration * 2) + 1000
+        warm = self.tokens(base, int(self.fastest * self.args.warmup * 2) + 500)
         warmed = self.wrk(base, warm, self.args.warmup)
         paths = self.tokens(base, pool)
-        run = Run(side, workers, n, self.wrk(base, paths, self.args.duration))
-        res = run.result
+        res = self.wrk(base, paths, self.args.duration, server)
+        run = Run(side, workers, n, res, other=res["other_permille"] / 1000)
         if res["non2xx"] or res["errors"]:
             run.problems.append(f"{res['non2xx']} non-2xx, {res['errors']} socket errors")
         if res["exhausted"]:
             run.problems.append("a wrk thread ran out of tokens")
         if side == "on":
             self.on_2xx += sum(r["requests"] - r["non2xx"] for r in (warmed, res))
+        self.fastest = max(self.fastest, run.rps)
         return run
 
     def recorded(self, base: str) -> float:
@@ -245,20 +314,24 @@ class Bench:
 
     def measure(self, workers: int, redis_url: str, keys: Path) -> None:
         servers = {side: self.serve(side, workers, redis_url, keys) for side in SIDES}
-        # Size the token pools from a short probe of the "off" side (the faster, if anything).
-        probe = self.tokens(servers["off"][1], 3000 * workers)
-        rate = self.wrk(servers["off"][1], probe, 1)["requests"]
-        pool = int(rate * self.args.duration * 1.6) + 500
+        # A first guess at the rate, for the size of the token pools: a short run on each side.
+        self.fastest = 0.0
+        for _, base in servers.values():
+            probe = self.wrk(base, self.tokens(base, 8000 * workers), 2)
+            self.fastest = max(self.fastest, probe["requests"] / 2)
         self.on_2xx = 0
         before = self.recorded(servers["on"][1])
         for n in range(self.args.rounds):
+            if self.args.wait_idle:
+                self.wait_idle()
             order = ("on", "off") if n % 2 == 0 else ("off", "on")
             for side in order:
-                run = self.round(workers, n, side, servers[side][1], pool)
+                run = self.round(workers, n, side, *servers[side])
                 self.runs.append(run)
                 flag = "" if not run.problems else "  INVALID: " + "; ".join(run.problems)
                 print(f"  workers={workers} round {n + 1} {side:>3}: {run.rps:8,.0f} req/s  "
-                      f"p50 {run.result['p50_us'] / 1000:.2f} ms  p99 {run.result['p99_us'] / 1000:.2f} ms{flag}",
+                      f"p50 {run.result['p50_us'] / 1000:.2f} ms  p99 {run.result['p99_us'] / 1000:.2f} ms  "
+                      f"server CPU {run.cpu_us:5.0f} us/request  other CPU {100 * run.other:3.0f} %{flag}",
                       flush=True)
         counted = self.recorded(servers["on"][1]) - before
         # wrk counts the answers it read; requests in flight when a run stops are recorded too.
@@ -296,12 +369,23 @@ class Bench:
             if not valid:
                 print(f"  {workers} worker(s): no valid round")
                 continue
-            ratios = [p["on"].rps / p["off"].rps for p in valid]
-            on = statistics.median(p["on"].rps for p in valid)
-            off = statistics.median(p["off"].rps for p in valid)
-            ratio = statistics.median(ratios)
-            print(f"  {workers} worker(s): on {on:,.0f} req/s, off {off:,.0f} req/s; on/off median {ratio:.3f} "
-                  f"(cost {100 * (1 - ratio):.1f} %), rounds {', '.join(f'{r:.3f}' for r in ratios)}")
+            quiet = [p for p in valid if max(p["on"].other, p["off"].other) <= self.args.noisy]
+            for label, chosen in (("all valid rounds", valid), ("quiet rounds", quiet)):
+                if not chosen:
+                    print(f"  {workers} worker(s), {label}: none")
+                    continue
+                ratios = [p["on"].rps / p["off"].rps for p in chosen]
+                on = statistics.median(p["on"].rps for p in chosen)
+                off = statistics.median(p["off"].rps for p in chosen)
+                ratio = statistics.median(ratios)
+                print(f"  {workers} worker(s), {label} ({len(chosen)}): on {on:,.0f} req/s, off {off:,.0f} req/s; "
+                      f"on/off median {ratio:.3f} (cost {100 * (1 - ratio):.1f} %); "
+                      f"rounds {', '.join(f'{r:.3f}' for r in ratios)}")
+                cpu = [p["on"].cpu_us / p["off"].cpu_us for p in chosen]
+                print(f"      server CPU per request: on {statistics.median(p['on'].cpu_us for p in chosen):.0f} us, "
+                      f"off {statistics.median(p['off'].cpu_us for p in chosen):.0f} us; on/off median "
+                      f"{statistics.median(cpu):.3f} (cost {100 * (statistics.median(cpu) - 1):.1f} %); "
+                      f"rounds {', '.join(f'{r:.3f}' for r in cpu)}")
         for problem in self.miscounted:
             print(f"  METRICS MISCOUNTED: {problem}")
         return 1 if bad or self.miscounted else 0
@@ -315,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--noisy", type=float, default=0.10,
+                   help="a round where other processes used more than this share of the machine is noisy")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                   help="before each round, wait up to S seconds until other processes leave the machine quiet")
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
     bench = Bench(args)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, TOKENS, RedisServer, issue_token, live_env, token_of
+from conftest import API_KEY, ROOT, TOKENS, RedisServer, issue_token, live_env, token_of
 from starlette.testclient import TestClient
 from support_ops import Served, cli_args, servers, uvicorn_args, wait_until
 
@@ -207,3 +209,23 @@ def test_without_our_logging_the_access_line_is_an_ordinary_record(
     line = json.loads(JsonFormatter().format(record))
     assert line["request_id"] == "e-1" and line["route"] == SUBMIT_ROUTE and line["outcome"] == "recorded"
     assert token not in caplog.text and "private words" not in caplog.text
+
+
+FORK = """
+import os
+from app.ops.context import request_id
+print(request_id(None), flush=True)
+pid = os.fork()
+if pid == 0:
+    print(request_id(None), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_process_makes_request_ids_of_its_own() -> None:
+    # In a fresh interpreter: forking the test process (threads running) is asking for trouble.
+    out = subprocess.run([sys.executable, "-c", FORK], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    parent, child = out.stdout.split()
+    assert parent.endswith("-1") and child.endswith("-1")
+    assert parent.rsplit("-", 1)[0] != child.rsplit("-", 1)[0]

@@ -15,6 +15,7 @@ purposes and much cheaper than a UUID per request.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import secrets
 from contextvars import ContextVar
@@ -24,6 +25,15 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,64}")
 _PREFIX = secrets.token_hex(6)
 _COUNTER = itertools.count(1)
+
+
+def _new_process() -> None:
+    # A forked worker (a server that loads the app before forking) must not repeat its parent's ids.
+    global _PREFIX, _COUNTER
+    _PREFIX, _COUNTER = secrets.token_hex(6), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_process)
 
 
 def request_id(given: bytes | None) -> str:
