@@ -134,6 +134,7 @@ def create_app(
             await keys.stop()
             await store.close()
             metrics.shutdown()
+            logs.flush()
 
     routes = [
         Route("/api/v1/feedback/tokens", endpoints.tokens_root, methods=["GET", "POST"]),

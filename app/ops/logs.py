@@ -15,10 +15,12 @@ libraries table has the figures).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import time
-from typing import Any, Protocol, TextIO
+from typing import Any, BinaryIO, Protocol, TextIO
 
 import orjson
 
@@ -75,7 +77,9 @@ class JsonFormatter(logging.Formatter):
             line["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(line, default=str).decode()
 
-    def access(self, created: float, method: str, route: str, status: int, seconds: float, access: Access) -> str:
+    def _access(
+        self, created: float, method: str, route: str, status: int, seconds: float, access: Access
+    ) -> dict[str, Any]:
         line = {
             "time": self.timestamp(created),
             "level": "info",
@@ -91,7 +95,16 @@ class JsonFormatter(logging.Formatter):
         }
         if access.outcome is not None:
             line["outcome"] = access.outcome
-        return orjson.dumps(line).decode()
+        return line
+
+    def access(self, created: float, method: str, route: str, status: int, seconds: float, access: Access) -> str:
+        return orjson.dumps(self._access(created, method, route, status, seconds, access)).decode()
+
+    def access_bytes(
+        self, created: float, method: str, route: str, status: int, seconds: float, access: Access
+    ) -> bytes:
+        line = self._access(created, method, route, status, seconds, access)
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class TextFormatter(logging.Formatter):
@@ -125,27 +138,66 @@ class TextFormatter(logging.Formatter):
                 text += f" {name}={value}"
         return text
 
+    def access_bytes(
+        self, created: float, method: str, route: str, status: int, seconds: float, access: Access
+    ) -> bytes:
+        text = self.access(created, method, route, status, seconds, access) + "\n"
+        return text.encode("utf-8", "backslashreplace")
+
 
 class _Formatter(Protocol):
-    def access(self, created: float, method: str, route: str, status: int, seconds: float, access: Access) -> str:
-        ...
+    def access_bytes(
+        self, created: float, method: str, route: str, status: int, seconds: float, access: Access
+    ) -> bytes: ...
 
 
 class _Direct:
-    """Access lines straight to our handler's stream, under its lock: what the handler would
-    write, without building a LogRecord (with its caller lookup) and walking the handler chain,
-    which cost more than the rest of the middleware together."""
+    """Access lines straight to the bytes buffer under our handler's stream, flushed within
+    ``FLUSH_AFTER`` seconds rather than per line.
+
+    What the handler would write, without building a LogRecord (with its caller lookup) and
+    walking the handler chain, and without a write system call per request: measured, those
+    cost more than everything else the middleware does (a write is tens of microseconds on a
+    busy VM). Lines stay in order with the handler's: it writes through the same buffer and
+    flushes it at each line. What a killed process had not flushed (at most ``FLUSH_AFTER``
+    seconds of access lines, or 8 KiB) is lost; ``flush`` at shutdown writes the rest."""
+
+    FLUSH_AFTER = 0.1
 
     def __init__(self, handler: logging.StreamHandler[TextIO], formatter: _Formatter) -> None:
         self.handler = handler
         self.formatter = formatter
+        self.raw: BinaryIO | None = getattr(handler.stream, "buffer", None)
+        self.scheduled = False
 
     def __call__(self, method: str, route: str, status: int, seconds: float, access: Access) -> None:
-        line = self.formatter.access(time.time(), method, route, status, seconds, access)
+        line = self.formatter.access_bytes(time.time(), method, route, status, seconds, access)
         handler = self.handler
         with handler.lock:  # type: ignore[union-attr]
-            handler.stream.write(line + "\n")
-            handler.stream.flush()
+            if self.raw is None:  # a text-only stream: no buffer of ours to fill
+                handler.stream.write(line.decode())
+                handler.stream.flush()
+                return
+            self.raw.write(line)
+        if not self.scheduled:
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
+                self.scheduled = True
+            except RuntimeError:  # no event loop here: write it now
+                self.flush()
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if self.raw is not None:
+            with self.handler.lock:  # type: ignore[union-attr]
+                with contextlib.suppress(OSError, ValueError):
+                    self.raw.flush()
+
+
+def flush() -> None:
+    """Write out access lines still buffered (at shutdown)."""
+    if _direct is not None:
+        _direct.flush()
 
 
 def configure(fmt: str = "json", access_log: bool = True) -> None:
