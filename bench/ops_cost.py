@@ -1,7 +1,10 @@
 """What metrics and JSON access logs cost the submit path (issue 13: at most 5 %).
 
-    .venv/bin/python bench/ops_cost.py [--workers 1,2] [--rounds 6] [--duration 5] [--warmup 1]
-                                       [--wait-idle S] [--noisy 0.10]
+    .venv/bin/python bench/ops_cost.py [--workers 1,2] [--rounds 6] [--duration 5] [--blocks 20]
+        [--sequential] [--on all|metrics|log|nothing] [--wait-idle S] [--noisy 0.10]
+
+``--on nothing`` is an A/A run: both sides identical, so what it reports is the bench's own
+resolution on this machine at this time; read the real figures against it.
 
 Starts its own redis-server and keyring, then, for each worker count, the real app twice under
 uvicorn (uvloop, httptools), side by side on one Redis:
@@ -10,11 +13,14 @@ uvicorn (uvloop, httptools), side by side on one Redis:
   written to a file (as a container's stderr would be);
 - **off**: ``FEEDBACK_METRICS=0``, ``FEEDBACK_ACCESS_LOG=0``.
 
-Each round drives both with wrk (-t2 -c50, ``POST {"score": 1}`` on fresh tokens, one per
-request, issued through the API before the round), the order alternating from round to round so
-that drift in what else the machine does falls on both sides. Two figures, each the median over
-rounds of on/off: throughput, and the servers' own CPU time per answered request (from /proc),
-which other load on a shared machine disturbs far less than throughput. A round with a non-2xx
+Each round drives both at once, each with its own wrk (-t1 -c25, ``POST {"score": 1}`` on fresh
+tokens, one per request, issued through the API before the round): whatever else the machine
+does falls on both sides alike, and the scheduler shares the CPU between two busy servers, so
+their throughput ratio is the inverse of their CPU cost per request (``--sequential``: one side
+at a time, wrk -t2 -c50, the order alternating from round to round). Two figures, each the
+median over rounds of on/off: throughput, and the servers' own CPU time per answered request
+(from /proc). Before that, unless ``--blocks 0``, the in-process part: the real app called
+directly (no server), on and off alternating in blocks in one process, CPU time per submission. A round with a non-2xx
 answer, a socket error or a thread out of tokens is invalid and left out. Each run also
 measures the share of the machine that other processes used meanwhile (all busy time less that
 of what we started); medians are printed over all valid rounds and over the quiet ones (others
@@ -290,6 +296,45 @@ class Bench:
         result["server_cpu_us"] = int(server_cpu * 1e6)
         return result
 
+    def together(self, workers: int, n: int, servers: dict[str, tuple[Group, str]]) -> list[Run]:
+        """One round with both sides driven at once, each by its own wrk with half the threads
+        and connections: whatever else the machine does then falls on both alike, and the
+        scheduler shares the CPU between two always-busy servers, so the throughput ratio is
+        the inverse of their CPU cost per request."""
+        threads, conns = max(1, self.args.threads // 2), max(1, self.args.connections // 2)
+        pool = int(self.fastest * self.args.duration * 2) + 1000
+        paths = {side: self.tokens(base, pool) for side, (_, base) in servers.items()}
+        groups = {side: group.proc.pid for side, (group, _) in servers.items()}
+        b0, o0, t0 = machine_busy(), self.ours(), time.monotonic()
+        s0 = {side: group_cpu({pid}) for side, pid in groups.items()}
+        procs = {
+            side: subprocess.Popen(
+                ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.args.duration}s", "--latency", "-s", str(self.lua),
+                 base, "--", str(paths[side]), str(threads)], stdout=subprocess.PIPE, text=True)
+            for side, (_, base) in servers.items()
+        }
+        outs = {side: proc.communicate(timeout=self.args.duration + 60)[0] for side, proc in procs.items()}
+        cpu = {side: group_cpu({pid}) - s0[side] for side, pid in groups.items()}
+        other = max(0.0, (machine_busy() - b0) - (self.ours() - o0)) / ((time.monotonic() - t0) * CORES)
+        runs = []
+        for side, out in outs.items():
+            match = re.search(r"^RESULT (\{.*\})$", out, re.M)
+            if match is None:
+                raise RuntimeError(f"wrk printed no result:\n{out}")
+            paths[side].unlink()
+            res = json.loads(match.group(1))
+            res["server_cpu_us"] = int(cpu[side] * 1e6)
+            run = Run(side, workers, n, res, other=other)
+            if res["non2xx"] or res["errors"]:
+                run.problems.append(f"{res['non2xx']} non-2xx, {res['errors']} socket errors")
+            if res["exhausted"]:
+                run.problems.append("a wrk thread ran out of tokens")
+            if side == "on":
+                self.on_2xx += res["requests"] - res["non2xx"]
+            self.fastest = max(self.fastest, run.rps * 2)
+            runs.append(run)
+        return runs
+
     def round(self, workers: int, n: int, side: str, server: Group, base: str) -> Run:
         # Twice what the fastest run so far would use: a thread out of tokens spoils a round.
         pool = int(self.fastest * self.args.duration * 2) + 1000
@@ -325,12 +370,15 @@ class Bench:
         for n in range(self.args.rounds):
             if self.args.wait_idle:
                 self.wait_idle()
-            order = ("on", "off") if n % 2 == 0 else ("off", "on")
-            for side in order:
-                run = self.round(workers, n, side, *servers[side])
+            if self.args.sequential:
+                order = ("on", "off") if n % 2 == 0 else ("off", "on")
+                done = [self.round(workers, n, side, *servers[side]) for side in order]
+            else:
+                done = self.together(workers, n, servers)
+            for run in done:
                 self.runs.append(run)
                 flag = "" if not run.problems else "  INVALID: " + "; ".join(run.problems)
-                print(f"  workers={workers} round {n + 1} {side:>3}: {run.rps:8,.0f} req/s  "
+                print(f"  workers={workers} round {n + 1} {run.side:>3}: {run.rps:8,.0f} req/s  "
                       f"p50 {run.result['p50_us'] / 1000:.2f} ms  p99 {run.result['p99_us'] / 1000:.2f} ms  "
                       f"server CPU {run.cpu_us:5.0f} us/request  other CPU {100 * run.other:3.0f} %{flag}",
                       flush=True)
@@ -509,9 +557,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="a round where other processes used more than this share of the machine is noisy")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each round, wait up to S seconds until other processes leave the machine quiet")
+    p.add_argument("--sequential", action="store_true",
+                   help="drive one side at a time, alternating (default: both at once, each with half the load)")
     p.add_argument("--blocks", type=int, default=20, help="in-process blocks per side (0: skip that part)")
     p.add_argument("--per-block", type=int, default=300, help="submissions per in-process block")
+    p.add_argument("--on", choices=("all", "metrics", "log", "nothing"), default="all",
+                   help="what the 'on' side turns on: metrics and access log (default), one of them alone, "
+                   "or nothing (an A/A run: how far apart two identical servers measure)")
     args = p.parse_args(argv)
+    if args.on == "metrics":
+        SIDES["on"] = {**SIDES["on"], "FEEDBACK_ACCESS_LOG": "0"}
+    elif args.on == "log":
+        SIDES["on"] = {**SIDES["on"], "FEEDBACK_METRICS": "0"}
+    elif args.on == "nothing":
+        SIDES["on"] = dict(SIDES["off"])
     args.workers = [int(w) for w in args.workers.split(",")]
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

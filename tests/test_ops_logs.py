@@ -119,11 +119,18 @@ def test_an_app_log_line_carries_the_request_id(
         parsed = [json.loads(line) for line in server.lines()]
         return [p for p in parsed if p["level"] == "warning" and "redis submit failed" in p["msg"]]
 
-    wait_until(lambda: bool(warned()), "the store's warning")
+    def access() -> list[dict[str, Any]]:
+        return [a for a in access_lines(server.lines()) if a["request_id"] == "down-1"]
+
+    # The access line is buffered (written within 0.1 s), the warning written at once.
+    wait_until(lambda: bool(warned()) and bool(access()), "the store's warning and the access line")
     assert [w["request_id"] for w in warned()] == ["down-1"]
     assert warned()[0]["logger"] == "feedback_tokens.store"
-    access = [a for a in access_lines(server.lines()) if a["request_id"] == "down-1"]
-    assert access[0]["problem"] == "store_unavailable" and access[0]["status"] == 503
+    lines = server.lines()  # in the order things happened: the warning came first
+    warning = next(i for i, x in enumerate(lines) if "redis submit failed" in x)
+    assert warning < next(i for i, x in enumerate(lines) if "feedback_tokens.access" in x and "down-1" in x)
+    (line,) = access()
+    assert line["problem"] == "store_unavailable" and line["status"] == 503
 
 
 def test_serve_writes_text_when_told(
