@@ -521,7 +521,12 @@ async def main():
                 times[side].append((time.process_time() - t0) / per_block * 1e6)
     print(json.dumps(times))
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+finally:
+    if mode == "multiprocess":
+        import shutil
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 """
 
 
