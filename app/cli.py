@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.keys.key import ALGORITHMS, DEFAULT_ALG, KeyringError
 from app.keys.keyring import KeyringDir
 from app.store.connect import display_url
@@ -142,35 +141,45 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging, with this service's own logger (start-up checks, errors) beside it."""
-    from uvicorn.config import LOGGING_CONFIG
+def _logging_env(log_format: str | None, no_access_log: bool = False) -> Settings:
+    """Put the command line's logging choices where every worker reads them (the environment),
+    check the whole configuration once here rather than in each worker, and set up this
+    process's own logging the same way."""
+    from app.ops import logs
 
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["feedback_tokens"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return config
+    if log_format:
+        os.environ["FEEDBACK_LOG_FORMAT"] = log_format
+    if no_access_log:
+        os.environ["FEEDBACK_ACCESS_LOG"] = "0"
+    settings = Settings.from_env()
+    logs.configure(settings.log_format, settings.access_log)
+    return settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run(
-        "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        log_level="info",
-        log_config=log_config(),
-        access_log=not args.no_access_log,
-    )
+    from app.ops.metrics import serving_directory
+
+    settings = _logging_env(args.log_format, args.no_access_log)
+    with serving_directory(args.workers, settings.metrics):
+        uvicorn.run(
+            "app.main:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            log_level="info",
+            log_config=None,  # ours (app.ops.logs), in this process and in each worker
+            access_log=False,  # the app writes one access line per request itself
+        )
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.dev import run_dev
 
-    return run_dev(Path(args.root), args.port, args.host, args.demo, args.cluster)
+    return run_dev(Path(args.root), args.port, args.host, args.demo, args.cluster, args.log_format)
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
@@ -255,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument(
-        "--no-access-log", action="store_true", help="skip uvicorn's access log (measurably faster)"
+        "--no-access-log", action="store_true", help="no access line per request (FEEDBACK_ACCESS_LOG=0)"
+    )
+    serve.add_argument(
+        "--log-format", choices=("json", "text"), help="log lines on stderr (default: $FEEDBACK_LOG_FORMAT or json)"
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -320,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster", nargs="?", type=int, const=30001, default=None, metavar="FIRST_PORT",
         help="a private 3-primary Redis Cluster instead of one Redis, on FIRST_PORT (30001) and the two after it",
     )
+    dev.add_argument(
+        "--log-format", choices=("json", "text"), help="log lines on stderr (default: $FEEDBACK_LOG_FORMAT or text)"
+    )
     dev.set_defaults(func=cmd_dev)
 
     streams = sub.add_parser(
@@ -334,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except KeyringError as err:
+    except (KeyringError, ConfigError) as err:
         print(f"feedback-tokens: {err}", file=sys.stderr)
         return 2
 

@@ -91,6 +91,25 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A setting that is on or off, with a default; anything else is refused, not guessed."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (on or off), got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -239,6 +258,13 @@ class Settings:
     lag_warning: int = 100_000
     # Seconds between the service's looks at its streams (retention trimming, lag warnings).
     stream_check_interval: float = 60.0
+    # GET /metrics and the counting behind it.
+    metrics: bool = True
+    # When set, /metrics answers only requests bearing it (Authorization: Bearer ...).
+    metrics_token: Secret | None = None
+    # Logs on stderr: "json" lines or "text"; one access line per request unless access_log is off.
+    log_format: str = "json"
+    access_log: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -280,4 +306,8 @@ class Settings:
             stream_retention=Retention.parse(env.get("FEEDBACK_STREAM_RETENTION", "").strip() or "7d"),
             lag_warning=_int(env, "FEEDBACK_LAG_WARNING", cls.lag_warning, unit=" of entries"),
             stream_check_interval=_float(env, "FEEDBACK_STREAM_CHECK_INTERVAL", cls.stream_check_interval),
+            metrics=_switch(env, "FEEDBACK_METRICS", cls.metrics),
+            metrics_token=Secret(token) if (token := env.get("FEEDBACK_METRICS_TOKEN", "").strip()) else None,
+            log_format=_choice(env, "FEEDBACK_LOG_FORMAT", cls.log_format, ("json", "text")),
+            access_log=_switch(env, "FEEDBACK_ACCESS_LOG", cls.access_log),
         )

@@ -261,15 +261,19 @@ def public_base(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, log_format: str | None = None) -> None:
     """uvicorn on ``sock`` until a stop signal, which it answers by finishing the requests in
     flight. uvicorn itself handles SIGINT and SIGTERM (and re-raises them once stopped, which
-    ``stopped_by_signals`` turns into ``Stop``); SIGHUP gets the same graceful stop here."""
+    ``stopped_by_signals`` turns into ``Stop``); SIGHUP gets the same graceful stop here. Logs are
+    the service's own (app/ops/logs.py: text unless told otherwise), one access line per request."""
     import uvicorn
 
-    from app.cli import log_config
+    from app.cli import _logging_env
 
-    server = uvicorn.Server(uvicorn.Config("app.main:app", log_level="info", log_config=log_config()))
+    os.environ.setdefault("FEEDBACK_LOG_FORMAT", "text")
+    _logging_env(log_format)
+    config = uvicorn.Config("app.main:app", log_level="info", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
     hangups: list[int] = []
 
     def on_hangup(signum: int, frame: FrameType | None) -> None:
@@ -286,12 +290,17 @@ def serve(sock: socket.socket) -> None:
 
 
 def run_dev(
-    root: Path, port: int, host: str = "127.0.0.1", demo: bool = False, cluster: int | None = None
+    root: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    demo: bool = False,
+    cluster: int | None = None,
+    log_format: str | None = None,
 ) -> int:
     """``cluster``: the first port of a private Redis Cluster to run instead of one Redis."""
     try:
         with stopped_by_signals(), Processes() as processes:
-            _run(root, port, host, demo, processes, cluster)
+            _run(root, port, host, demo, processes, cluster, log_format)
     except Stop as stop:
         print(f"stopped by {signal.Signals(stop.signum).name}; everything `make run` started is stopped", flush=True)
         # End the way the signal would have ended us, so whoever sent it sees that.
@@ -300,7 +309,15 @@ def run_dev(
     return 0
 
 
-def _run(root: Path, port: int, host: str, demo: bool, processes: Processes, cluster: int | None = None) -> None:
+def _run(
+    root: Path,
+    port: int,
+    host: str,
+    demo: bool,
+    processes: Processes,
+    cluster: int | None = None,
+    log_format: str | None = None,
+) -> None:
     sock = listen(host, port)
     keys_dir = Path(os.environ.get("FEEDBACK_KEYS_DIR") or root / "keys")
     kid = KeyringDir(keys_dir).init(DEFAULT_ALG)
@@ -330,4 +347,4 @@ def _run(root: Path, port: int, host: str, demo: bool, processes: Processes, clu
         f"       -d '{{\"run_id\": \"{uuid.uuid4()}\", \"feedback_key\": \"user_score\"}}'\n",
         flush=True,
     )
-    serve(sock)
+    serve(sock, log_format)

@@ -13,6 +13,7 @@
     ├── StoreUnavailable            503 store_unavailable (with Retry-After)
     ├── KeysStale                   503 keys_stale (with Retry-After)
     ├── Unauthorized                401 unauthorized
+    │   └── MetricsUnauthorized     401 unauthorized (bearer token for /metrics)
     ├── InvalidRequest              422 invalid_request
     ├── SigningDisabled             403 signing_disabled
     ├── NotFound                    404 not_found
@@ -120,6 +121,13 @@ class Unauthorized(FeedbackTokenError):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'APIKey header="X-API-Key"'}
+
+
+class MetricsUnauthorized(Unauthorized):
+    title = "Missing or wrong metrics token"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="metrics"'}
 
 
 class InvalidRequest(FeedbackTokenError):

@@ -27,6 +27,8 @@ from app.http.middleware import BASE_HEADERS, SecurityHeaders
 from app.http.shutdown import Drain
 from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource, JwksSource, KeySource
+from app.ops import context, logs, metrics
+from app.ops.middleware import Observe
 from app.store.connect import RedisVersionError, display_url
 from app.store.keyspace import Keyspace
 from app.store.store import Store
@@ -38,13 +40,6 @@ _TOKEN_IN_PATH = re.compile(r"(/feedback/tokens/)([A-Za-z0-9_-]{12})[A-Za-z0-9_.
 def redact(text: str) -> str:
     """Keep the first 12 characters of a token in a path: enough to correlate, useless to replay."""
     return _TOKEN_IN_PATH.sub(r"\1\2…", text)
-
-
-class RedactTokens(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        return True
 
 
 async def start_store(store: Store, url: str) -> None:
@@ -71,6 +66,9 @@ def problem(err: FeedbackTokenError) -> JSONResponse:
         "detail": err.detail,
         "code": err.code,
     }
+    request_id = context.note_problem(err.code)
+    if request_id is not None:
+        body["request_id"] = request_id
     return JSONResponse(
         body, status_code=err.status, headers=err.headers(), media_type="application/problem+json"
     )
@@ -85,8 +83,11 @@ async def on_error(request: Request, exc: Exception) -> Response:
         return problem(NotFound(f"nothing at {redact(request.url.path)}"))
     log.exception("unhandled error on %s %s", request.method, redact(request.url.path))
     response = problem(FeedbackTokenError("something went wrong on our side"))
-    # Starlette answers this from its outermost middleware, outside SecurityHeaders.
+    # Starlette answers this from its outermost middleware, outside SecurityHeaders and Observe.
     response.headers.update(BASE_HEADERS)
+    access = context.current()
+    if access is not None:
+        response.headers[context.REQUEST_ID_HEADER] = access.request_id
     return response
 
 
@@ -158,6 +159,9 @@ def create_app(
         retry_after=settings.retry_after,
         grace=settings.leeway + settings.max_clock_skew,
         run_cap=settings.max_run_tokens,
+        observe=metrics.observe_redis,
+        on_error=lambda err: metrics.redis_error(metrics.error_kind(err)),
+        on_batch=metrics.observe_submit_batch,
     )
     drain = Drain(settings.shutdown_drain)
 
@@ -179,6 +183,8 @@ def create_app(
             await upkeep.stop()
             await keys.stop()
             await store.close()
+            metrics.shutdown()
+            logs.flush()
 
     routes = [
         Route("/api/v1/feedback/tokens", endpoints.tokens_root, methods=["GET", "POST"]),
@@ -199,6 +205,8 @@ def create_app(
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.endpoint, methods=["GET"]),
     ]
+    if metrics.setup(settings.metrics) is not None:
+        routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
     if settings.demo:
         log.warning("FEEDBACK_DEMO is on: /demo issues tokens without an API key (development only)")
         routes += [
@@ -208,6 +216,8 @@ def create_app(
             Route("/demo/entries", demo.entries, methods=["GET"]),
         ]
     middleware = [
+        # Outermost: it sees every answer as sent, CORS preflights included.
+        Middleware(Observe, routes=routes, access_log=settings.access_log),
         Middleware(SecurityHeaders, drain=drain),
         # Any page may submit to a token URL, without credentials (and with an Idempotency-Key,
         # so that its resends are recognised). X-API-Key is not an allowed header, so browsers
@@ -230,7 +240,6 @@ def create_app(
     app.state.settings = settings
     app.state.service = FeedbackService(settings, store, keys, clock)
     app.state.readiness = Readiness(store, keys, drain)
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     return app
 
 
@@ -242,6 +251,8 @@ def __getattr__(name: str) -> Any:
     # `create_app` (tests, the CLI) reads no environment.
     if name == "app":
         global app
-        app = create_app()
+        settings = Settings.from_env()
+        logs.configure(settings.log_format, settings.access_log)
+        app = create_app(settings)
         return app
     raise AttributeError(name)

@@ -294,11 +294,10 @@ def test_access_log_never_holds_a_whole_token(info_server, redis_server):
     log = info_server.stop()
     access_lines = [line for line in log.splitlines() if "/api/v1/feedback/tokens/" in line]
     assert len(access_lines) >= 9, log  # the access log is on: the requests are in it
-    for token in (first, second, third):
+    for answer, token in zip(answers, (first, second, third), strict=True):
         assert token not in log
         assert token[:-5] not in log and token.split(".")[1] not in log and token.split(".")[2] not in log
-        assert token[:12] in log  # enough to correlate
-    assert answers[2]["id"] not in log
+        assert answer["id"] in log  # the token id (jti) correlates instead, from the verified token
     assert "redis submit failed" in log  # our own warning was logged, without the token
 
 

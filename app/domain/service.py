@@ -26,6 +26,7 @@ from app.errors import (
     TokenUsed,
 )
 from app.keys.source import KeySource
+from app.ops.context import note_token
 from app.store.entry import STRINGS, literal_strings
 from app.store.keyspace import new_token_id
 from app.store.store import RunFull, Store, StoredToken, UseState
@@ -229,6 +230,7 @@ class FeedbackService:
         tid = as_uuid(token_id)
         if tid is None or not await self.store.revoke(tid):
             raise TokenNotFound("no live token has this id")
+        note_token(tid)
 
     # -- submission -------------------------------------------------------------------------
 
@@ -262,10 +264,13 @@ class FeedbackService:
             claims = await self.verify(token, expired_ok)
             if claims.token_id != tid:
                 raise TokenInvalid("the token id in the URL is not this token's")
+            note_token(claims.token_id)
             return claims
         tid = as_uuid(token)
         if tid is None:
-            return await self.verify(token, expired_ok)
+            claims = await self.verify(token, expired_ok)
+            note_token(claims.token_id)
+            return claims
         stored = await self.store.lookup(tid)
         if stored is None:
             raise TokenNotFound("no live token has this id")
@@ -273,6 +278,7 @@ class FeedbackService:
         claims = await self.verify(jwt, expired_ok)
         if claims.token_id != tid:  # the record must name the token stored under it
             raise TokenInvalid("token record does not match its id")
+        note_token(claims.token_id)
         return claims
 
     # -- read-only looks -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.http import pages
+from app.ops import context, metrics
 
 ISSUE_BODY_CAP = 256 * 1024
 _JSON_TYPES = ("application/json", "text/plain", "")
@@ -85,7 +86,9 @@ def _query_int(request: Request, name: str, default: int, lo: int, hi: int) -> i
 async def issue_tokens(request: Request) -> Response:
     authorize(request)
     body = feedback.loads(await read_body(request, ISSUE_BODY_CAP))
-    return JSONResponse(await service(request).issue(body))
+    answer = await service(request).issue(body)
+    metrics.tokens_issued(len(answer) if isinstance(answer, list) else 1)
+    return JSONResponse(answer)
 
 
 async def list_tokens(request: Request) -> Response:
@@ -103,6 +106,7 @@ async def list_tokens(request: Request) -> Response:
 async def revoke_token(request: Request) -> Response:
     authorize(request)
     await service(request).revoke(request.path_params["token"])
+    metrics.token_revoked()
     return Response(status_code=204)
 
 
@@ -119,6 +123,7 @@ def _answer(outcome: Any) -> dict[str, Any]:
 def _answer_response(outcome: Any) -> Response:
     """The JSON answer to a recorded submission: what ``JSONResponse(_answer(outcome))`` sends,
     encoded with orjson (the submit path's hot loop)."""
+    context.note_outcome(outcome.duplicate)
     return Response(encoding.dumps(_answer(outcome)), media_type="application/json")
 
 
@@ -235,6 +240,7 @@ def _would_record(svc: FeedbackService, claims: TokenClaims, html: bool, lang: s
 
 
 def _error_page(err: FeedbackTokenError, lang: str) -> Response:
+    context.note_problem(err.code)  # the page's counterpart of app.main.problem
     page = pages.outcome_page(err.code, err.status, err.detail, lang)
     page.headers.update(err.headers())  # e.g. Retry-After on a 503, as the JSON answer has it
     return page
@@ -253,6 +259,7 @@ def _recorded(svc: FeedbackService, claims: TokenClaims, outcome: Outcome, html:
     """The answer to a recorded submission: JSON, or for a browser a page (or the redirect)."""
     if not html:
         return _answer_response(outcome)
+    context.note_outcome(outcome.duplicate)
     if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
         return pages.redirect(claims.redirect_url or "")
     if outcome.duplicate:
@@ -270,11 +277,14 @@ async def token_info(request: Request) -> Response:
 async def token_path(request: Request) -> Response:
     method = request.method
     if method == "POST":
+        context.note_submission()
         return await submit_post(request)
     if method == "DELETE":
         if "token_id" in request.path_params:
             raise MethodNotAllowed("revoke a token by its id: DELETE /api/v1/feedback/tokens/<token id>")
         return await revoke_token(request)
+    if method == "GET":  # HEAD only looks
+        context.note_submission()
     return await submit_get(request)
 
 

@@ -82,6 +82,7 @@ class DirectorySource(KeySource):
             if self.error is not None:  # put back as it was: what we hold is what's on disk
                 log.info("keyring in %s is back to the loaded one", self.directory.path)
                 self.error = None
+            self.loaded_at = time.time()
             return False
         try:
             # A manifest that vanishes is never meant (retiring every key still leaves one): a

@@ -134,11 +134,13 @@ class Store:
         grace: int = 90,
         run_cap: int = 1000,
         observe: Callable[[str, float], None] | None = None,
-        on_error: Callable[[str], None] | None = None,
+        on_error: Callable[[RedisError], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         """``grace``: seconds past ``exp`` during which some node may still accept a token
-        (leeway + the largest clock skew promised); records live at least that long."""
+        (leeway + the largest clock skew promised); records live at least that long.
+        ``observe(op, seconds)``, ``on_error(err)``, ``on_batch(size)``: hooks for metrics (each
+        Redis operation's time, each failure, each coalesced pipeline's size)."""
         self.url = url
         self.keyspace = keyspace
         self.cluster_mode: ClusterMode = cluster
@@ -217,7 +219,7 @@ class Store:
         except RedisError as err:
             kind = _error_kind(err)
             if self.on_error is not None:
-                self.on_error(kind)
+                self.on_error(err)
             log.warning("redis %s failed: %s: %s", what, type(err).__name__, err)
             doing = OPERATIONS.get(what, what)
             if kind == "oom":
