@@ -37,9 +37,13 @@ cluster: $(STAMP)
 
 ## make test: the whole suite, against Redis servers the tests start themselves; first installs
 ## the Debian packages it needs when missing (listed in tests/system-packages)
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of their time is spent waiting on
+# servers, so more workers than cores pays. TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
 	tests/install-system-packages
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## make bench: the benchmark (own Redis, own servers, wrk); writes bench/RESULTS.md
 bench: $(STAMP)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, TOKENS, RedisServer, token_of
+from conftest import API_KEY, TOKENS, RedisServer, issue_token, token_of
 from delivery_helpers import WEBHOOK_SECRET, as_record, submit_mix, wait_for
 
 from app.config import ConfigError, Retention, Settings
@@ -291,3 +291,14 @@ def test_a_custom_target_by_module_and_class(client, redis_server, tmp_path, del
     assert deliverer.stop() == 0
     missing = deliverers("--to", "python:my_sink:Nope", env=env)
     assert missing.proc.wait(timeout=60) == 2 and "can't load Nope from my_sink" in missing.output()
+
+
+def test_deeply_nested_looking_text_is_kept_as_text(client, redis_server):
+    """A comment of four thousand '[' is text a JSON parser gives up on: it is recorded, and marked as
+    text so that delivery types it back as the string it was."""
+    answer = issue_token(client)
+    comment = "[" * 4000  # under the 4 KiB cap, past the JSON parser's nesting limit
+    r = client.post(f"{TOKENS}/{token_of(answer)}", json={"comment": comment})
+    assert r.status_code == 200 and r.json()["comment"] == comment
+    [(entry_id, fields)] = redis_server.client().xrange(STREAM)
+    assert decode(STREAM, entry_id.decode(), fields).comment == comment

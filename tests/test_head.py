@@ -17,7 +17,7 @@ AUTH = {"X-API-Key": API_KEY}
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 APP = "https://app.example.com"
 # Headers that differ between two answers by nature rather than by meaning.
-VARYING = {"date", "content-length", "server"}
+VARYING = {"date", "content-length", "server", "x-request-id"}  # a request id is per request
 
 
 def _headers(response: Any) -> dict[str, str]:

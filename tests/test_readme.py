@@ -35,6 +35,9 @@ import pytest
 import redis
 from conftest import ROOT, free_port
 
+# The blocks run in order against one server: under pytest-xdist they stay on one worker.
+pytestmark = pytest.mark.xdist_group("readme")
+
 README = ROOT / "README.md"
 BLOCK = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
 RUNNABLE = {"sh": "sh", "bash": "sh", "shell": "sh", "python": "python", "py": "python"}

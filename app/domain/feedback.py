@@ -1,8 +1,9 @@
 """What a token allows (its ``feedback_config``) and what a submission carries.
 
-Parsing is separate from validation: ``parse_json`` / ``parse_query`` check shapes and types
-(400 ``invalid_body``, 422 for unknown fields), ``Submission.check`` checks the values against a
-token's config (422 ``invalid_feedback``).
+Parsing is separate from validation: ``parse_json`` / ``parse_query`` / ``parse_form`` check input
+against the request shapes of ``app/domain/shapes.py`` (a value of the wrong type is 400
+``invalid_body``; an unknown field, a size cap or another broken rule is 422 ``invalid_feedback``),
+``Submission.check`` checks the values against a token's config (422 ``invalid_feedback``).
 """
 
 from __future__ import annotations
@@ -10,37 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
+from app.domain import shapes
+from app.domain.shapes import BODY_CAP, MAX_DEPTH
 from app.errors import InvalidBody, InvalidFeedback
+from app.schema import Invalid, Object, canonical
 
-COMMENT_CAP = 4 * 1024
-CORRECTION_CAP = 16 * 1024
-METADATA_CAP = 8 * 1024
-BODY_CAP = 64 * 1024
-MAX_DEPTH = 32
-MAX_CATEGORIES = 100
-LABEL_CAP = 256
+__all__ = ["BODY_CAP", "FIELDS", "Category", "FeedbackConfig", "Submission", "form_fields", "loads", "parse_form",
+           "parse_json", "parse_query"]
 
 FIELDS = ("score", "value", "comment", "correction", "metadata")
-# Fields that LangSmith's API defines for this call: accepted, and without effect here.
-LANGSMITH_FIELDS = frozenset({"do_not_extend_trace_retention"})
 
 ConfigType = Literal["continuous", "categorical", "freeform"]
 Number = int | float
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def finite(value: Number) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,46 +45,19 @@ class FeedbackConfig:
 
     @classmethod
     def parse(cls, raw: object) -> FeedbackConfig:
-        """Parse an issuance request's config; ValueError says what is wrong."""
-        if not isinstance(raw, dict):
-            raise ValueError("must be an object")
-        kind = raw.get("type")
+        """Parse an issuance request's config (``shapes.FEEDBACK_CONFIG``); ``Invalid`` (a
+        ValueError) says what is wrong."""
+        return cls.from_checked(shapes.FEEDBACK_CONFIG.check(raw))
+
+    @classmethod
+    def from_checked(cls, checked: dict[str, Any]) -> FeedbackConfig:
+        """From what ``shapes.FEEDBACK_CONFIG`` checked."""
+        kind = checked["type"]
         if kind == "continuous":
-            _only(raw, {"type", "min", "max"})
-            lo, hi = raw.get("min"), raw.get("max")
-            for name, bound in (("min", lo), ("max", hi)):
-                if bound is not None and not (is_number(bound) and finite(bound)):
-                    raise ValueError(f"{name} must be a finite number or null")
-            if lo is not None and hi is not None and lo > hi:
-                raise ValueError("min is greater than max")
-            return cls("continuous", min=lo, max=hi)
+            return cls("continuous", min=checked["min"], max=checked["max"])
         if kind == "categorical":
-            _only(raw, {"type", "categories", "allows_multiple_categories"})
-            if raw.get("allows_multiple_categories") not in (None, False):
-                raise ValueError("allows_multiple_categories is not supported (one choice each)")
-            cats = raw.get("categories")
-            if not isinstance(cats, list) or not 1 <= len(cats) <= MAX_CATEGORIES:
-                raise ValueError(f"categories must be a list of 1 to {MAX_CATEGORIES} objects")
-            parsed: list[Category] = []
-            for i, cat in enumerate(cats):
-                if not isinstance(cat, dict) or not set(cat) <= {"value", "label"}:
-                    raise ValueError(f"categories[{i}] must be {{'value': number, 'label': str}}")
-                value, label = cat.get("value"), cat.get("label")
-                if not isinstance(value, int | float) or isinstance(value, bool) or not finite(value):
-                    raise ValueError(f"categories[{i}].value must be a finite number")
-                if label is not None and not (isinstance(label, str) and 0 < len(label) <= LABEL_CAP):
-                    raise ValueError(f"categories[{i}].label must be a string of 1..{LABEL_CAP}")
-                parsed.append(Category(value, label))
-            if len({c.value for c in parsed}) != len(parsed):
-                raise ValueError("category values must be distinct")
-            labels = [c.label for c in parsed if c.label is not None]
-            if len(set(labels)) != len(labels):
-                raise ValueError("category labels must be distinct")
-            return cls("categorical", categories=tuple(parsed))
-        if kind == "freeform":
-            _only(raw, {"type"})
-            return cls("freeform")
-        raise ValueError("type must be 'continuous', 'categorical' or 'freeform'")
+            return cls("categorical", categories=tuple(Category(c["value"], c["label"]) for c in checked["categories"]))
+        return cls("freeform")
 
     def to_json(self) -> dict[str, Any]:
         if self.type == "continuous":
@@ -133,16 +93,6 @@ class FeedbackConfig:
         raise ValueError("malformed config claim")
 
 
-def _only(raw: Mapping[str, object], allowed: set[str]) -> None:
-    extra = sorted(set(raw) - allowed)
-    if extra:
-        raise ValueError(f"unknown field(s) {', '.join(extra)}")
-
-
-def _canonical(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 @dataclass(frozen=True, slots=True)
 class Submission:
     score: Number | None = None
@@ -155,12 +105,11 @@ class Submission:
         """Identical submissions (a client's retry) have identical fingerprints."""
         score = None if self.score is None else float(self.score)
         body = [score, self.value, self.comment, self.correction, self.metadata]
-        return hashlib.sha256(_canonical(body).encode()).hexdigest()[:32]
+        return hashlib.sha256(canonical(body).encode()).hexdigest()[:32]
 
     def check(self, config: FeedbackConfig | None) -> None:
-        """Validate the values against the token's config (422 ``invalid_feedback``)."""
-        if self.score is not None and not finite(self.score):
-            raise InvalidFeedback("score must be a finite number")
+        """Validate the values against the token's config (422 ``invalid_feedback``). The parsers
+        already made sure of everything that needs no token (``shapes.SUBMISSION``)."""
         if config is None:
             return
         if config.type == "continuous":
@@ -269,68 +218,45 @@ def _depth(data: Any) -> int:
     return deepest
 
 
-def _size(value: Any) -> int:
-    return len(value.encode()) if isinstance(value, str) else len(_canonical(value).encode())
-
-
-def _build(score: Any, value: Any, comment: Any, correction: Any, metadata: Any) -> Submission:
-    if isinstance(score, bool):
-        score = int(score)
-    if score is not None and not is_number(score):
-        raise InvalidBody("score must be a number or a boolean")
-    if value is not None and not isinstance(value, int | float | str | dict):
-        raise InvalidBody("value must be a number, boolean, string or object")
-    if isinstance(value, float) and not finite(value):
-        raise InvalidFeedback("value must be finite")
-    if comment is not None and not isinstance(comment, str):
-        raise InvalidBody("comment must be a string")
-    if correction is not None and not isinstance(correction, dict | str):
-        raise InvalidBody("correction must be an object or a string")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise InvalidBody("metadata must be an object")
-    if score is None and value is None and comment is None and correction is None:
-        raise InvalidFeedback("give at least one of score, value, comment, correction")
-    for name, item, cap in (
-        ("comment", comment, COMMENT_CAP),
-        ("correction", correction, CORRECTION_CAP),
-        ("metadata", metadata, METADATA_CAP),
-    ):
-        if item is not None and _size(item) > cap:
-            raise InvalidFeedback(f"{name} is larger than {cap} bytes")
-    if value is not None and _size(value) > CORRECTION_CAP:
-        raise InvalidFeedback(f"value is larger than {CORRECTION_CAP} bytes")
-    return Submission(score, value, comment, correction, metadata)
+def _checked(shape: Object, data: Any, whole: str) -> dict[str, Any]:
+    """``shape.check``: a value of the wrong type is 400 ``invalid_body``, any other broken rule
+    422 ``invalid_feedback``."""
+    try:
+        return shape.check(data)
+    except Invalid as err:
+        raise (InvalidBody if err.wrong_type else InvalidFeedback)(err.describe(whole)) from None
 
 
 def parse_json(raw: bytes) -> Submission:
-    data = loads(raw)
-    if not isinstance(data, dict):
-        raise InvalidBody("body must be a JSON object")
-    unknown = sorted(set(data) - set(FIELDS) - LANGSMITH_FIELDS)
-    if unknown:
-        raise InvalidFeedback(f"unknown field(s): {', '.join(unknown)}")
-    return _build(*(data.get(name) for name in FIELDS))
+    """A JSON body, checked against ``shapes.SUBMISSION``."""
+    v = _checked(shapes.SUBMISSION, loads(raw), "body")
+    return Submission(v["score"], v["value"], v["comment"], v["correction"], v["metadata"])
 
 
-def _query_number(raw: str) -> Number | bool:
-    low = raw.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return int(low) if low.lstrip("+-").isdigit() else float(low)
-    except ValueError as err:
-        raise InvalidBody("score must be a number, true or false") from err
-
-
-def parse_query(params: Iterable[tuple[str, str]]) -> Submission:
-    """A GET link's query. Unknown parameters (mail trackers add them) are ignored."""
+def _first(params: Iterable[tuple[str, str]]) -> dict[str, str]:
     first: dict[str, str] = {}
     for name, raw in params:
         first.setdefault(name, raw)
-    if "metadata" in first:
-        raise InvalidFeedback("metadata can't be sent in a link; use POST")
-    score: Any = None
-    if first.get("score", "") != "":
-        score = _query_number(first["score"])
-    text = {n: first[n] if first.get(n, "") != "" else None for n in ("value", "comment", "correction")}
-    return _build(score, text["value"], text["comment"], text["correction"], None)
+    return first
+
+
+def parse_query(params: Iterable[tuple[str, str]]) -> Submission:
+    """A GET link's query (``shapes.LINK``). Unknown parameters (mail trackers add them) are
+    ignored; of a repeated one, the first counts."""
+    v = _checked(shapes.LINK, _first(params), "link")
+    return Submission(v["score"], v["value"], v["comment"], v["correction"], None)
+
+
+def form_fields(raw: bytes) -> list[tuple[str, str]]:
+    """The fields of a form body (the service's own pages post one), at most
+    ``shapes.FORM.max_properties`` of them (400 ``invalid_body``)."""
+    try:
+        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=shapes.FORM.max_properties)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise InvalidBody("the form is not valid UTF-8 form data") from err
+
+
+def parse_form(fields: Iterable[tuple[str, str]]) -> Submission:
+    """A form's fields (``shapes.FORM``): as in a link, plus the answer page's language."""
+    v = _checked(shapes.FORM, _first(fields), "form")
+    return Submission(v["score"], v["value"], v["comment"], v["correction"], None)

@@ -8,7 +8,8 @@ Use policies, chosen per token at issuance:
             a new stream entry with a higher ``revision``; the latest wins
     many    each submission is a new feedback with its own id, up to ``max_uses`` when given
 
-The store's submit script applies them atomically; this module only names and parses them.
+The store's submit script applies them atomically; this module only names them. The request
+fields that choose them are checked by ``app/domain/shapes.py`` (``TOKEN_REQUEST``).
 """
 
 from __future__ import annotations
@@ -29,32 +30,6 @@ _PREFETCH = (("sec-purpose", "prefetch"), ("purpose", "prefetch"), ("x-moz", "pr
 # Answer to a prefetch: non-2xx, so a browser discards it and fetches again on the real click;
 # 425 Too Early says "not replayable on someone else's behalf" without looking like an outage.
 PREFETCH_STATUS = 425
-
-
-def parse_use(raw: object) -> Use:
-    if raw is None:
-        return "once"
-    if raw not in USES:
-        raise ValueError("use must be 'once', 'update' or 'many'")
-    return raw
-
-
-def parse_max_uses(raw: object, use: Use) -> int | None:
-    if raw is None:
-        return None
-    if use != "many":
-        raise ValueError("max_uses applies only to use 'many'")
-    if type(raw) is not int or not 1 <= raw <= MAX_USES_CAP:
-        raise ValueError(f"max_uses must be a whole number from 1 to {MAX_USES_CAP}")
-    return raw
-
-
-def parse_confirm(raw: object) -> bool:
-    if raw is None:
-        return False
-    if not isinstance(raw, bool):
-        raise ValueError("confirm must be true or false")
-    return raw
 
 
 def exhausted(use: Use, max_uses: int | None, uses: int) -> bool:
@@ -93,11 +68,11 @@ def allowed_origins(configured: Iterable[str]) -> frozenset[str]:
     return frozenset(o for o in (origin(c.rstrip("/")) for c in configured) if o is not None)
 
 
-def parse_redirect_url(raw: object, allowed: frozenset[str]) -> str | None:
+def parse_redirect_url(raw: str | None, allowed: frozenset[str]) -> str | None:
+    """The origin rule of a ``redirect_url`` whose shape (a string of 1 to ``REDIRECT_URL_CAP``
+    characters) ``shapes.TOKEN_REQUEST`` checked."""
     if raw is None:
         return None
-    if not isinstance(raw, str) or not 0 < len(raw) <= REDIRECT_URL_CAP:
-        raise ValueError(f"redirect_url must be a URL of at most {REDIRECT_URL_CAP} characters")
     where = origin(raw)
     if where is None:
         raise ValueError("redirect_url must be an absolute http(s) URL without credentials")

@@ -12,7 +12,7 @@ from typing import Any
 
 from app.clock import Clock, isoformat
 from app.config import Settings
-from app.domain import issuance, policy, records, tokens
+from app.domain import issuance, policy, records, shapes, tokens
 from app.domain.feedback import Submission
 from app.domain.tokens import TokenClaims
 from app.errors import (
@@ -27,12 +27,12 @@ from app.errors import (
 )
 from app.keys.source import KeySource
 from app.ops.context import note_token
+from app.schema import Invalid
 from app.store.entry import STRINGS, literal_strings
 from app.store.keyspace import new_token_id
 from app.store.store import RunFull, Store, StoredToken, UseState
 
 TOKEN_PATH = "/api/v1/feedback/tokens/"
-IDEMPOTENCY_KEY_CAP = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +69,19 @@ def idempotency_hash(key: str) -> str:
 
 
 def parse_idempotency_key(raw: str | None) -> str | None:
-    """The header's key: 1-255 visible ASCII characters, optionally quoted (the IETF draft sends
-    it as a structured-field string)."""
+    """The header's key (``shapes.IDEMPOTENCY_KEY``), its structured-field quotes taken off (the
+    IETF draft sends it as a string)."""
     if raw is None:
         return None
     key = raw.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    if not 0 < len(key) <= IDEMPOTENCY_KEY_CAP or not all(" " <= c <= "~" for c in key):
-        raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CAP} visible ASCII characters")
+    try:
+        shapes.IDEMPOTENCY_KEY.check(key)
+    except Invalid as err:
+        raise InvalidRequest(err.describe("Idempotency-Key")) from None
+    if not key.isascii():
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {shapes.IDEMPOTENCY_KEY_CAP} visible ASCII characters")
     return key
 
 

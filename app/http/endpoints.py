@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import uuid
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import encoding
-from app.domain import feedback, policy
+from app.domain import feedback, policy, shapes
 from app.domain.service import FeedbackService, Outcome, as_uuid, parse_idempotency_key
 from app.domain.tokens import TokenClaims
 from app.errors import (
     BodyTooLarge,
     FeedbackTokenError,
-    InvalidBody,
-    InvalidRequest,
     MethodNotAllowed,
     Unauthorized,
     UnsupportedMediaType,
@@ -67,19 +63,6 @@ async def read_capped(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a whole number") from None
-    if not lo <= value <= hi:
-        raise InvalidRequest(f"{name} must be between {lo} and {hi}")
-    return value
-
-
 # -- API key endpoints ---------------------------------------------------------------------------
 
 
@@ -93,13 +76,7 @@ async def issue_tokens(request: Request) -> Response:
 
 async def list_tokens(request: Request) -> Response:
     authorize(request)
-    raw = request.query_params.get("run_id", "")
-    try:
-        run_id = uuid.UUID(raw)
-    except ValueError:
-        raise InvalidRequest("run_id must be a UUID") from None
-    limit = _query_int(request, "limit", 100, 1, 100)
-    offset = _query_int(request, "offset", 0, 0, 10**9)
+    run_id, limit, offset = shapes.parse_list_query(request.query_params)
     return JSONResponse(await service(request).list_run(run_id, limit, offset))
 
 
@@ -163,13 +140,9 @@ async def submit_form(request: Request, token: str, token_id: str | None) -> Res
     lang = pages.language(request)
     svc = service(request)
     try:
-        raw = await read_capped(request, feedback.BODY_CAP)
-        try:
-            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
-        except (UnicodeDecodeError, ValueError) as err:
-            raise InvalidBody("the form is not valid UTF-8 form data") from err
+        pairs = feedback.form_fields(await read_capped(request, feedback.BODY_CAP))
         lang = pages.language(request, dict(pairs).get("lang"))
-        submission = feedback.parse_query(pairs)
+        submission = feedback.parse_form(pairs)
         claims = await svc.resolve(token, token_id)
         outcome = await svc.record(claims, submission)
     except FeedbackTokenError as err:

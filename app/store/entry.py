@@ -39,8 +39,12 @@ _AMBIGUOUS = ("value", "comment", "correction")
 
 
 def _reads_as_json(text: str) -> bool:
+    """Whether a reader could take ``text`` for JSON. Text nested past the parser's limit (a
+    comment of a thousand ``[``) reads as JSON too: its first character says so."""
     try:
         json.loads(text)
+    except RecursionError:
+        return True
     except ValueError:
         return False
     return True
