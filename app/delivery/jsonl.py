@@ -31,6 +31,7 @@ class JsonlTarget:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self._open()  # at once: a path that can't be written is said at start, not at the first entry
 
     def _open(self) -> int:
         if self._fd is None:
