@@ -201,3 +201,27 @@ def test_answers_encode_as_compact_json(value: Any) -> None:
 
     assert json.loads(encoding.dumps(value)) == value
     assert encoding.dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(("use", "cap"), [("once", None), ("update", None), ("many", None), ("many", 2)])
+def test_peek_foretells_what_submit_decides(redis_server: RedisServer, use: str, cap: int | None) -> None:
+    """The use policy is decided in one place (``decide`` in the scripts): what PEEK says of a
+    submission is what SUBMIT then does with it, and the state's exhausted flag agrees."""
+    t = token()
+    bodies = [b"a" * 16, b"a" * 16, b"b" * 16, b"c" * 16, b"b" * 16]
+    expected = {"new": "ok", "dup": "dup", "used": "used"}
+
+    async def scenario(store: Store) -> list[tuple[str, str, bool]]:
+        seen = []
+        for fp in bodies:
+            peek = await store.peek(*t, use=use, cap=cap, fingerprint=fp)
+            reply = await submit(store, *t, fp, use=use, cap=cap)
+            after = await store.peek(*t, use=use, cap=cap)
+            seen.append((peek.verdict, reply.status, after.verdict == "used"))
+        return seen
+
+    for verdict, status, exhausted in run(redis_server, scenario):
+        assert expected[verdict] == status
+    state = layout.token_fields(redis_server.client(), t[0])
+    assert state["uses"] == {"once": 1, "update": 4, "many": 5 if cap is None else 2}[use]  # update: a, b, c, b
+    assert exhausted is (use == "once" or cap is not None)

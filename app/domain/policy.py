@@ -32,15 +32,6 @@ _PREFETCH = (("sec-purpose", "prefetch"), ("purpose", "prefetch"), ("x-moz", "pr
 PREFETCH_STATUS = 425
 
 
-def exhausted(use: Use, max_uses: int | None, uses: int) -> bool:
-    """Whether a token with ``uses`` recorded submissions takes no new one."""
-    if use == "once":
-        return uses >= 1
-    if use == "many":
-        return max_uses is not None and uses >= max_uses
-    return False
-
-
 # -- redirects -------------------------------------------------------------------------------------
 
 

@@ -130,12 +130,13 @@ class FeedbackService:
             fields["redirect_url"] = claims.redirect_url
         return fields
 
-    def status(self, claims: TokenClaims, revoked: bool, uses: int) -> str:
-        """As a submission would find it now: ``expired`` only once verification refuses it too
-        (past ``exp`` plus the leeway)."""
+    def status(self, claims: TokenClaims, revoked: bool, exhausted: bool) -> str:
+        """As a submission would find it now (the store's scripts decide whether a token takes
+        another submission): ``expired`` only once verification refuses it too (past ``exp`` plus
+        the leeway)."""
         if revoked:
             return "revoked"
-        if policy.exhausted(claims.use, claims.max_uses, uses):
+        if exhausted:
             return "used"
         if self.clock.now() >= claims.expires_at + self.settings.leeway:
             return "expired"
@@ -221,12 +222,16 @@ class FeedbackService:
         out = []
         for created_us, row in rows[offset : offset + limit]:
             claims, jwt, kid = self._rebuild(row)
+            state = row.state
+            if row.jwt is not None:  # issued before sharding: its record there says less
+                peek = await self.store.peek(claims.token_id, claims.run_id, use=claims.use, cap=claims.max_uses)
+                state = UseState(uses=peek.uses, revoked=peek.verdict == "revoked", exhausted=peek.verdict == "used")
             # A retired key revokes every token it signed.
-            revoked = row.state.revoked or keyring.verifier(kid) is None
+            revoked = state.revoked or keyring.verifier(kid) is None
             item = self.describe(claims, jwt)
             item["created_at"] = isoformat(created_us / 1_000_000)
-            item["status"] = self.status(claims, revoked, row.state.uses)
-            item["uses"] = row.state.uses
+            item["status"] = self.status(claims, revoked, state.exhausted)
+            item["uses"] = state.uses
             out.append(item)
         return out
 
@@ -291,10 +296,10 @@ class FeedbackService:
         """What a page needs to render the right control; consumes nothing. An expired token
         still answers (status ``expired``) as long as it verifies otherwise."""
         claims = await self.resolve(token, token_id, expired_ok=True)
-        state = await self.store.state(claims.token_id, claims.run_id)
+        peek = await self.store.peek(claims.token_id, claims.run_id, use=claims.use, cap=claims.max_uses)
         latest = None
-        if claims.use == "update" and state.latest:
-            latest = {**json.loads(state.latest), "revision": state.uses}
+        if claims.use == "update" and peek.uses and (values := await self.store.latest(claims.token_id, claims.run_id)):
+            latest = {**json.loads(values), "revision": peek.uses}
         return {
             "id": str(claims.token_id),
             "run_id": str(claims.run_id),
@@ -304,8 +309,8 @@ class FeedbackService:
             "use": claims.use,
             "max_uses": claims.max_uses,
             "confirm": claims.confirm,
-            "status": self.status(claims, state.revoked, state.uses),
-            "uses": state.uses,
+            "status": self.status(claims, peek.verdict == "revoked", peek.verdict == "used"),
+            "uses": peek.uses,
             "latest": latest,
         }
 
@@ -325,20 +330,19 @@ class FeedbackService:
 
     async def preview(self, claims: TokenClaims, submission: Submission | None) -> Outcome | None:
         """Before a confirmation page: would this submission be taken? Raises what ``record``
-        would raise now; returns the stored outcome when it would be a duplicate, else None.
-        The answer may still change before the person confirms: ``record`` decides."""
-        state: UseState = await self.store.state(claims.token_id, claims.run_id)
-        if state.revoked:
+        would raise now; returns the stored outcome when it would be a duplicate, else None. The
+        store's scripts decide (the same rule as recording), writing nothing; the answer may still
+        change before the person confirms: ``record`` decides then."""
+        fingerprint = bytes.fromhex(submission.fingerprint()) if submission is not None else b""
+        peek = await self.store.peek(
+            claims.token_id, claims.run_id, use=claims.use, cap=claims.max_uses, fingerprint=fingerprint
+        )
+        if peek.verdict == "revoked":
             raise TokenRevoked("this token was revoked")
-        if (
-            submission is not None
-            and claims.use != "many"
-            and state.uses
-            and state.fingerprint == bytes.fromhex(submission.fingerprint())
-        ):
-            answer = self._answer(claims, submission, claims.feedback_id, state.created_ms, state.uses)
-            return Outcome(answer, duplicate=True, uses=state.uses)
-        if policy.exhausted(claims.use, claims.max_uses, state.uses):
+        if peek.verdict == "dup" and submission is not None:
+            answer = self._answer(claims, submission, claims.feedback_id, peek.created_ms, peek.uses)
+            return Outcome(answer, duplicate=True, uses=peek.uses)
+        if peek.verdict == "used":
             raise TokenUsed("this token was already used")
         return None
 

@@ -24,20 +24,53 @@ from __future__ import annotations
 
 import struct
 
-# Use state ``L:u``: flags (bit 0 revoked), uses, fingerprint of the latest submission, its
-# created time (unix ms), the attempt that recorded it.
+# Use state ``L:u``: flags (bit 0 revoked, bit 1 exhausted: it takes no new submission), uses,
+# fingerprint of the latest submission, its created time (unix ms), the attempt that recorded it.
 STATE = struct.Struct(">BI16sQ11s")
 # Idempotency record ``L:i:<k>``: fingerprint, uses after it, created ms, attempt.
 IDEMPOTENT = struct.Struct(">16sIQ11s")
 REVOKED = 0x01
+EXHAUSTED = 0x02
 # The fixed start of a token record (app/domain/records.py) that these scripts read: version and
 # flags, created (unix µs), exp (unix s), run id.
 RECORD_HEAD = struct.Struct(">BQI16s")
 LOCAL_ID_LENGTH = 11
 
+# Shared by SUBMIT and PEEK: the use policy is decided here and nowhere else (Python only names
+# the policies, app/domain/policy.py).
+#
+# read_state(rec, L, legacy): the token's use state, seeded from the layout before sharding when
+#   ``legacy`` names the token's record there (read, never written).
+# decide(policy, cap, uses, last_fp, fp): what a submission with fingerprint ``fp`` ('' for none
+#   in particular) would be: 'dup' (it repeats the latest one), 'used' (no new one is taken) or
+#   'new'. A token is *exhausted* when decide(..., '') says 'used': flag bit 1 of its state.
+_POLICY = """
+local function read_state(rec, L, legacy)
+  local flags, uses, last_fp, created, last_attempt = 0, 0, '', 0, ''
+  local state = redis.call('HGET', rec, L .. ':u')
+  if state then flags, uses, last_fp, created, last_attempt = struct.unpack('>BI4c16I8c11', state) end
+  local legacy_created = false
+  if legacy then
+    local old = redis.call('HMGET', legacy, 'rev', 'fp', 'n', 'ans')
+    if old[1] and flags % 2 == 0 then flags = flags + 1 end
+    if not state and old[2] then
+      uses = tonumber(old[3]) or 1
+      last_fp = string.gsub(old[2], '..', function(h) return string.char(tonumber(h, 16)) end)
+      if old[4] then legacy_created = cjson.decode(old[4]).created_at end
+    end
+  end
+  return flags, uses, last_fp, created, last_attempt, legacy_created
+end
+local function decide(policy, cap, uses, last_fp, fp)
+  if policy ~= 'many' and uses > 0 and fp ~= '' and last_fp == fp then return 'dup' end
+  if policy == 'once' and uses > 0 then return 'used' end
+  if cap > 0 and uses >= cap then return 'used' end
+  return 'new'
+end
+"""
+
 # KEYS[1] run record, KEYS[2] the shard's feedback stream, KEYS[3] (tokens issued before
-# sharding only) the token's record of that layout, a hash whose 'rev' marks it revoked and whose
-# 'fp', 'n' and 'ans' say how it was used before: read, never written
+# sharding only) the token's record of that layout (see read_state)
 # ARGV[1] local id L, ARGV[2] attempt (11 characters, new for every request)
 # ARGV[3] fingerprint (16 bytes), ARGV[4] use policy 'once' | 'update' | 'many' (app/domain/policy.py)
 # ARGV[5] cap on uses (0: none), ARGV[6] deadline (unix s), ARGV[7] created (unix ms)
@@ -46,22 +79,10 @@ LOCAL_ID_LENGTH = 11
 # Returns {'ok', uses, created ms} (recorded now, or earlier by this same attempt)
 #       | {'dup', uses, created ms, attempt[, created_at of an answer recorded before sharding]}
 #       | {'used'} | {'revoked'} | {'expired'} | {'conflict'} (the idempotency key names another body)
-SUBMIT = """
+SUBMIT = _POLICY + """
 local rec, L, attempt, fp, policy = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local deadline = tonumber(ARGV[6])
-local flags, uses, last_fp, created, last_attempt = 0, 0, '', 0, ''
-local state = redis.call('HGET', rec, L .. ':u')
-if state then flags, uses, last_fp, created, last_attempt = struct.unpack('>BI4c16I8c11', state) end
-local legacy_created = false
-if KEYS[3] then
-  local old = redis.call('HMGET', KEYS[3], 'rev', 'fp', 'n', 'ans')
-  if old[1] and flags % 2 == 0 then flags = flags + 1 end
-  if not state and old[2] then
-    uses = tonumber(old[3]) or 1
-    last_fp = string.gsub(old[2], '..', function(h) return string.char(tonumber(h, 16)) end)
-    if old[4] then legacy_created = cjson.decode(old[4]).created_at end
-  end
-end
+local cap, deadline = tonumber(ARGV[5]), tonumber(ARGV[6])
+local flags, uses, last_fp, created, last_attempt, legacy_created = read_state(rec, L, KEYS[3])
 if last_attempt == attempt then return {'ok', uses, created} end
 if policy ~= 'once' then
   local done = redis.call('HGET', rec, L .. ':a:' .. attempt)
@@ -81,10 +102,9 @@ if ikey ~= '' then
     return {'conflict'}
   end
 end
-if policy ~= 'many' and uses > 0 and last_fp == fp then return {'dup', uses, created, last_attempt, legacy_created} end
-if policy == 'once' and uses > 0 then return {'used'} end
-local cap = tonumber(ARGV[5])
-if cap > 0 and uses >= cap then return {'used'} end
+local verdict = decide(policy, cap, uses, last_fp, fp)
+if verdict == 'dup' then return {'dup', uses, created, last_attempt, legacy_created} end
+if verdict == 'used' then return {'used'} end
 uses = uses + 1
 local fields = {unpack(ARGV, 10)}
 if policy == 'update' then
@@ -92,6 +112,7 @@ if policy == 'update' then
   fields[#fields + 1] = tostring(uses)
 end
 redis.call('XADD', KEYS[2], '*', unpack(fields))
+if decide(policy, cap, uses, fp, '') == 'used' then flags = flags - flags % 4 + 2 + flags % 2 end
 local now_created = tonumber(ARGV[7])
 redis.call('HSET', rec, L .. ':u', struct.pack('>BI4c16I8c11', flags, uses, fp, now_created, attempt))
 if policy ~= 'once' then
@@ -104,6 +125,17 @@ end
 local expires = redis.call('EXPIRETIME', rec)
 if expires == -1 or expires < deadline then redis.call('EXPIREAT', rec, deadline) end
 return {'ok', uses, now_created}
+"""
+
+# What SUBMIT would decide now, writing nothing (a confirmation page, HEAD, a picker).
+# KEYS[1] run record, KEYS[2] (tokens issued before sharding only) their record of that layout
+# ARGV[1] local id L, ARGV[2] fingerprint ('' for none), ARGV[3] use policy, ARGV[4] cap (0: none)
+# Returns {verdict: 'revoked' | 'dup' | 'used' | 'new', uses, created ms, latest attempt,
+#          created_at of an answer recorded before sharding or false}
+PEEK = _POLICY + """
+local flags, uses, last_fp, created, last_attempt, legacy_created = read_state(KEYS[1], ARGV[1], KEYS[2])
+if flags % 2 == 1 then return {'revoked', uses, created, last_attempt, legacy_created} end
+return {decide(ARGV[3], tonumber(ARGV[4]), uses, last_fp, ARGV[2]), uses, created, last_attempt, legacy_created}
 """
 
 # KEYS[1..k] run records of one request (all in one shard)
@@ -205,7 +237,7 @@ if redis.call('HEXISTS', KEYS[1], L) == 0 then return 0 end
 local state = redis.call('HGET', KEYS[1], L .. ':u')
 local flags, uses, fp, created, attempt = 0, 0, string.rep('\\0', 16), 0, string.rep('.', 11)
 if state then flags, uses, fp, created, attempt = struct.unpack('>BI4c16I8c11', state) end
-if flags % 2 == 0 then flags = flags + 1 end
+if flags % 2 == 0 then flags = flags + 1 end  -- bit 0 set, bit 1 (exhausted) kept
 redis.call('HSET', KEYS[1], L .. ':u', struct.pack('>BI4c16I8c11', flags, uses, fp, created, attempt))
 return 1
 """

@@ -9,7 +9,6 @@ they mean is the domain's business (app/domain/service.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import time
@@ -62,24 +61,26 @@ class UseState:
 
     uses: int = 0
     revoked: bool = False
-    fingerprint: bytes | None = None  # the latest submission's
-    created_ms: int = 0  # the latest submission's
-    attempt: str | None = None
-    latest: bytes | None = None  # 'update' tokens: the latest values (JSON)
+    exhausted: bool = False  # it takes no new submission (the submit script decided, app/store/scripts.py)
 
     @classmethod
-    def parse(cls, raw: bytes | None, latest: bytes | None = None) -> UseState:
+    def parse(cls, raw: bytes | None) -> UseState:
         if raw is None:
-            return cls(latest=latest)
-        flags, uses, fp, created, attempt = scripts.STATE.unpack(raw)
-        return cls(
-            uses=uses,
-            revoked=bool(flags & scripts.REVOKED),
-            fingerprint=fp if uses else None,
-            created_ms=created,
-            attempt=attempt.decode("ascii") if uses else None,
-            latest=latest,
-        )
+            return cls()
+        flags, uses, _, _, _ = scripts.STATE.unpack(raw)
+        return cls(uses=uses, revoked=bool(flags & scripts.REVOKED), exhausted=bool(flags & scripts.EXHAUSTED))
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """What the submit script would decide now (``PEEK``): ``verdict`` is ``revoked``, ``dup``
+    (an identical submission was recorded: ``created_ms`` and ``attempt`` are its), ``used`` (no
+    new submission is taken) or ``new``."""
+
+    verdict: str
+    uses: int
+    created_ms: int = 0
+    attempt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ class Store:
         self._issue = client.register_script(scripts.ISSUE)
         self._list = client.register_script(scripts.LIST)
         self._revoke = client.register_script(scripts.REVOKE)
+        self._peek = client.register_script(scripts.PEEK)
         self._submit_batched = Batcher(
             client, self._submit, self._node_client if self.cluster else None, on_batch=self.on_batch
         )
@@ -383,22 +385,26 @@ class Store:
             return None
         return StoredToken(token_id, record, signature)
 
-    async def state(self, token_id: uuid.UUID, run_id: uuid.UUID) -> UseState:
+    async def peek(
+        self, token_id: uuid.UUID, run_id: uuid.UUID, *, use: str, cap: int | None, fingerprint: bytes = b""
+    ) -> Peek:
+        """What submitting ``fingerprint`` (b"": any new submission) would do now; writes nothing."""
         key, _, legacy = self._place(token_id, run_id)
-        L = local_id(token_id)
-        state, latest = cast(
-            list[bytes | None], await self._call("state", lambda: self.redis.hmget(key, [f"{L}:u", f"{L}:v"]))
+        keys = [key] if legacy is None else [key, legacy]
+        args: list[Any] = [local_id(token_id), fingerprint, use, cap or 0]
+        verdict, uses, created, attempt, legacy_created = await self._call(
+            "state", lambda: self._peek(keys=keys, args=args)
         )
-        parsed = UseState.parse(state, latest)
-        if legacy is not None:
-            rev, fp, n = cast(
-                list[bytes | None], await self._call("state", lambda: self.redis.hmget(legacy, ["rev", "fp", "n"]))
-            )
-            if state is None and fp is not None:
-                parsed = UseState(uses=int(n or 1), fingerprint=bytes.fromhex(fp.decode()))
-            if rev is not None:
-                parsed = dataclasses.replace(parsed, revoked=True)
-        return parsed
+        created = int(created)
+        if legacy_created:  # recorded before sharding: only its answer's ISO time
+            created = int(datetime.fromisoformat(_text(legacy_created)).timestamp() * 1000)
+        return Peek(_text(verdict), int(uses), created, _text(attempt) if attempt else None)
+
+    async def latest(self, token_id: uuid.UUID, run_id: uuid.UUID) -> bytes | None:
+        """An 'update' token's latest submitted values (JSON), if any."""
+        key, _, _ = self._place(token_id, run_id)
+        value = await self._call("state", lambda: self.redis.hget(key, f"{local_id(token_id)}:v"))
+        return value if isinstance(value, bytes) else None
 
     async def revoke(self, token_id: uuid.UUID) -> bool:
         key = self.keyspace.record_of(token_id)
