@@ -8,7 +8,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from app.clock import Clock, isoformat
 from app.config import Settings
@@ -42,6 +42,48 @@ class Outcome:
     answer: dict[str, Any]
     duplicate: bool
     uses: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRef:
+    """A token as a URL names it: ``<jwt>/<token id>`` (both), ``<jwt>`` alone (URLs issued before
+    they ended in the id), or ``<token id>`` alone (the LangSmith SDK's way: looked up)."""
+
+    jwt: str | None
+    token_id: uuid.UUID | None
+
+    @classmethod
+    def parse(cls, segment: str, id_segment: str | None = None) -> TokenRef:
+        if id_segment is not None:
+            tid = as_uuid(id_segment)
+            if tid is None:
+                raise TokenInvalid("the last segment of a token URL must be the token id")
+            return cls(segment, tid)
+        tid = as_uuid(segment)
+        return cls(None, tid) if tid is not None else cls(segment, None)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStep:
+    """Where following a link leads (a GET, a HEAD, or the form POST of a page), decided once
+    here; endpoints only render it:
+
+    choose        a browser's visit to a link without an answer: the page of choices
+    confirm       a token issued with ``confirm``: the confirmation page (or its JSON), nothing recorded
+    would_record  HEAD where GET would record: GET's status, nothing recorded
+    recorded      recorded now, or found recorded before (``outcome.duplicate``)
+
+    ``redirect_url`` is where a browser goes after success, when the operator allows its origin
+    (checked now, so removing an origin from the settings takes effect at once)."""
+
+    kind: Literal["choose", "confirm", "would_record", "recorded"]
+    claims: TokenClaims
+    outcome: Outcome | None = None
+    submission: Submission | None = None
+    redirect_url: str | None = None
+
+
+LinkMode = Literal["get", "head", "post"]
 
 
 def as_uuid(text: str) -> uuid.UUID | None:
@@ -235,11 +277,10 @@ class FeedbackService:
             out.append(item)
         return out
 
-    async def revoke(self, token_id: str) -> None:
-        tid = as_uuid(token_id)
-        if tid is None or not await self.store.revoke(tid):
+    async def revoke(self, token_id: uuid.UUID) -> None:
+        if not await self.store.revoke(token_id):
             raise TokenNotFound("no live token has this id")
-        note_token(tid)
+        note_token(token_id)
 
     # -- submission -------------------------------------------------------------------------
 
@@ -262,40 +303,32 @@ class FeedbackService:
             # Signature, issuer and claims all checked out before the expiry did: only time ran out.
             return TokenClaims.from_payload(payload)
 
-    async def resolve(self, token: str, token_id: str | None = None, expired_ok: bool = False) -> TokenClaims:
-        """The token named by a URL: ``<jwt>/<token id>`` (verified with no lookup; the id must be
-        the token's own), ``<jwt>`` alone (URLs issued before ids were appended), or ``<token id>``
-        alone (the LangSmith SDK's way), which is looked up."""
-        if token_id is not None:
-            tid = as_uuid(token_id)
-            if tid is None:
-                raise TokenInvalid("the last segment of a token URL must be the token id")
-            claims = await self.verify(token, expired_ok)
-            if claims.token_id != tid:
+    async def resolve(self, ref: TokenRef, expired_ok: bool = False) -> TokenClaims:
+        """The token a URL names: a JWT is verified with no lookup (its id, when the URL ends in
+        one, must be the token's own); an id alone is looked up and the stored token verified."""
+        if ref.jwt is not None:
+            claims = await self.verify(ref.jwt, expired_ok)
+            if ref.token_id is not None and claims.token_id != ref.token_id:
                 raise TokenInvalid("the token id in the URL is not this token's")
             note_token(claims.token_id)
             return claims
-        tid = as_uuid(token)
-        if tid is None:
-            claims = await self.verify(token, expired_ok)
-            note_token(claims.token_id)
-            return claims
-        stored = await self.store.lookup(tid)
+        assert ref.token_id is not None
+        stored = await self.store.lookup(ref.token_id)
         if stored is None:
             raise TokenNotFound("no live token has this id")
         _, jwt, _ = self._rebuild(stored)
         claims = await self.verify(jwt, expired_ok)
-        if claims.token_id != tid:  # the record must name the token stored under it
+        if claims.token_id != ref.token_id:  # the record must name the token stored under it
             raise TokenInvalid("token record does not match its id")
         note_token(claims.token_id)
         return claims
 
     # -- read-only looks -------------------------------------------------------------------------
 
-    async def info(self, token: str, token_id: str | None = None) -> dict[str, Any]:
+    async def info(self, ref: TokenRef) -> dict[str, Any]:
         """What a page needs to render the right control; consumes nothing. An expired token
         still answers (status ``expired``) as long as it verifies otherwise."""
-        claims = await self.resolve(token, token_id, expired_ok=True)
+        claims = await self.resolve(ref, expired_ok=True)
         peek = await self.store.peek(claims.token_id, claims.run_id, use=claims.use, cap=claims.max_uses)
         latest = None
         if claims.use == "update" and peek.uses and (values := await self.store.latest(claims.token_id, claims.run_id)):
@@ -348,11 +381,32 @@ class FeedbackService:
 
     # -- recording -------------------------------------------------------------------------------
 
-    async def submit(
-        self, token: str, token_id: str | None, submission: Submission, idempotency_key: str | None = None
-    ) -> Outcome:
-        claims = await self.resolve(token, token_id)
+    async def submit(self, ref: TokenRef, submission: Submission, idempotency_key: str | None = None) -> Outcome:
+        claims = await self.resolve(ref)
         return await self.record(claims, submission, idempotency_key)
+
+    def allowed_redirect(self, claims: TokenClaims) -> str | None:
+        """The token's redirect_url, if the operator still allows its origin."""
+        return claims.redirect_url if policy.redirect_allowed(claims.redirect_url, self.redirect_origins) else None
+
+    async def follow_link(self, ref: TokenRef, submission: Submission | None, mode: LinkMode) -> LinkStep:
+        """A link followed: ``get`` (a click: records, unless the token asks for a confirmation or
+        there is no answer to record), ``head`` (says what ``get`` would, records nothing) or
+        ``post`` (the form of a confirmation page or of the choices: records). ``submission``
+        None: a browser's visit without an answer."""
+        claims = await self.resolve(ref)
+        redirect = self.allowed_redirect(claims)
+        if submission is None:
+            await self.preview(claims, None)  # raises what a submission would meet (revoked, used)
+            return LinkStep("choose", claims, redirect_url=redirect)
+        if mode == "post" or (mode == "get" and not claims.confirm):
+            return LinkStep("recorded", claims, await self.record(claims, submission), redirect_url=redirect)
+        submission.check(claims.config)
+        outcome = await self.preview(claims, submission)
+        if outcome is not None:
+            return LinkStep("recorded", claims, outcome, redirect_url=redirect)
+        kind: Literal["confirm", "would_record"] = "confirm" if claims.confirm else "would_record"
+        return LinkStep(kind, claims, submission=submission, redirect_url=redirect)
 
     async def record(
         self, claims: TokenClaims, submission: Submission, idempotency_key: str | None = None

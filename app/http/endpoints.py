@@ -11,12 +11,20 @@ from starlette.responses import JSONResponse, Response
 
 from app import encoding
 from app.domain import feedback, policy, shapes
-from app.domain.service import FeedbackService, Outcome, as_uuid, parse_idempotency_key
+from app.domain.service import (
+    FeedbackService,
+    LinkMode,
+    LinkStep,
+    TokenRef,
+    as_uuid,
+    parse_idempotency_key,
+)
 from app.domain.tokens import TokenClaims
 from app.errors import (
     BodyTooLarge,
     FeedbackTokenError,
     MethodNotAllowed,
+    TokenNotFound,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -82,7 +90,10 @@ async def list_tokens(request: Request) -> Response:
 
 async def revoke_token(request: Request) -> Response:
     authorize(request)
-    await service(request).revoke(request.path_params["token"])
+    token_id = as_uuid(request.path_params["token"])
+    if token_id is None:
+        raise TokenNotFound("no live token has this id")
+    await service(request).revoke(token_id)
     metrics.token_revoked()
     return Response(status_code=204)
 
@@ -108,57 +119,50 @@ def _media(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _token(request: Request) -> tuple[str, str | None]:
-    """The token segments of the path: ``<jwt>/<token id>``, or one segment (a JWT or an id)."""
+def _token(request: Request) -> TokenRef:
+    """The token the path names: ``<jwt>/<token id>``, or one segment (a JWT or an id)."""
     params = request.path_params
-    return params["token"], params.get("token_id")
+    return TokenRef.parse(params["token"], params.get("token_id"))
 
 
 def _token_url_path(request: Request, claims: TokenClaims) -> str:
     """The path a page's form posts to and a confirm answer names: the one requested, with the
     token id appended to an old-form ``<jwt>`` path, so that every link the service hands out
     ends in the token id (what the LangSmith SDK reads from a URL)."""
-    token, token_id = _token(request)
-    if token_id is not None or as_uuid(token) is not None:
+    if "token_id" in request.path_params or as_uuid(request.path_params["token"]) is not None:
         return request.url.path
     return f"{request.url.path}/{claims.token_id}"
 
 
 async def submit_post(request: Request) -> Response:
-    token, token_id = _token(request)
     if _media(request) == _FORM:
-        return await submit_form(request, token, token_id)
+        return await submit_form(request)
+    ref = _token(request)
     idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
     submission = feedback.parse_json(await read_body(request, feedback.BODY_CAP))
-    outcome = await service(request).submit(token, token_id, submission, idempotency_key)
+    outcome = await service(request).submit(ref, submission, idempotency_key)
     return _answer_response(outcome)
 
 
-async def submit_form(request: Request, token: str, token_id: str | None) -> Response:
-    """The POST of a confirmation page or picker (a plain HTML form): fields as in a GET link."""
+async def submit_form(request: Request) -> Response:
+    """The POST of a confirmation page or of the choices (a plain HTML form): fields as in a link."""
     html = pages.wants_html(request)
     lang = pages.language(request)
-    svc = service(request)
     try:
+        ref = _token(request)
         pairs = feedback.form_fields(await read_capped(request, feedback.BODY_CAP))
         lang = pages.language(request, dict(pairs).get("lang"))
-        submission = feedback.parse_form(pairs)
-        claims = await svc.resolve(token, token_id)
-        outcome = await svc.record(claims, submission)
+        step = await service(request).follow_link(ref, feedback.parse_form(pairs), "post")
     except FeedbackTokenError as err:
         if not html:
             raise
         return _error_page(err, lang)
-    return _recorded(svc, claims, outcome, html, lang)
+    return _render(request, step, html, lang)
 
 
 async def submit_get(request: Request) -> Response:
-    """A link click. HEAD and prefetches never consume: HEAD answers what GET would (status and
-    headers: 410 revoked, 409 used, 401 not ours...) and records nothing. A token issued with
-    ``confirm`` shows a confirmation page and records nothing; so does a browser's visit to a
-    link without an answer (a picker). Only the POST from either records."""
-    token, token_id = _token(request)
-    svc = service(request)
+    """A link followed: GET or HEAD. Prefetches never consume (425, nothing checked); the service
+    decides the rest (``FeedbackService.follow_link``) and this renders it."""
     if policy.is_prefetch(request.headers):
         return Response(
             status_code=policy.PREFETCH_STATUS,
@@ -167,49 +171,49 @@ async def submit_get(request: Request) -> Response:
     html = pages.wants_html(request)
     lang = pages.language(request)
     try:
+        ref = _token(request)
         if len(str(request.url.query)) > feedback.BODY_CAP:
             raise BodyTooLarge(f"the query may be at most {feedback.BODY_CAP} bytes")
         params = request.query_params.multi_items()
-        redirect_origin = None
-        if html and not pages.has_answer(params):
-            claims = await svc.resolve(token, token_id)
-            await svc.preview(claims, None)
-            if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
-                redirect_origin = policy.origin(claims.redirect_url or "")
-            return pages.choose_page(claims, _token_url_path(request, claims), lang, redirect_origin)
-        submission = feedback.parse_query(params)
-        claims = await svc.resolve(token, token_id)
-        if claims.confirm:
-            submission.check(claims.config)
-            outcome = await svc.preview(claims, submission)
-            if outcome is None:
-                path = _token_url_path(request, claims)
-                if not html:
-                    return JSONResponse(_confirmation(f"{svc.settings.public_url}{path}", submission))
-                if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
-                    redirect_origin = policy.origin(claims.redirect_url or "")
-                return pages.confirm_page(claims, submission, path, lang, redirect_origin)
-        elif request.method == "HEAD":  # what GET would answer, recording nothing
-            submission.check(claims.config)
-            outcome = await svc.preview(claims, submission)
-            if outcome is None:
-                return _would_record(svc, claims, html, lang)
-        else:
-            outcome = await svc.record(claims, submission)
+        # A browser's visit without an answer gets the choices; anyone else must give one.
+        submission = None if html and not pages.has_answer(params) else feedback.parse_query(params)
+        mode: LinkMode = "head" if request.method == "HEAD" else "get"
+        step = await service(request).follow_link(ref, submission, mode)
     except FeedbackTokenError as err:
         if not html:
             raise
         return _error_page(err, lang)
-    return _recorded(svc, claims, outcome, html, lang)
+    return _render(request, step, html, lang)
 
 
-def _would_record(svc: FeedbackService, claims: TokenClaims, html: bool, lang: str) -> Response:
-    """HEAD where GET would record: GET's status and content type (the body is never sent)."""
+def _render(request: Request, step: LinkStep, html: bool, lang: str) -> Response:
+    """A link step as JSON, or for a browser as a page or the redirect."""
+    claims, redirect = step.claims, step.redirect_url
+    redirect_origin = policy.origin(redirect) if redirect else None
+    if step.kind == "choose":
+        return pages.choose_page(claims, _token_url_path(request, claims), lang, redirect_origin)
+    if step.kind == "confirm":
+        assert step.submission is not None
+        path = _token_url_path(request, claims)
+        if not html:
+            return JSONResponse(_confirmation(f"{service(request).settings.public_url}{path}", step.submission))
+        return pages.confirm_page(claims, step.submission, path, lang, redirect_origin)
+    if step.kind == "would_record":  # HEAD: GET's status and content type (the body is never sent)
+        if not html:
+            return Response(status_code=200, media_type="application/json")
+        return pages.redirect(redirect) if redirect else pages.outcome_page("thanks", 200, lang=lang)
+    assert step.outcome is not None
+    outcome = step.outcome
     if not html:
-        return Response(status_code=200, media_type="application/json")
-    if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
-        return pages.redirect(claims.redirect_url or "")
-    return pages.outcome_page("thanks", 200, lang=lang)
+        return _answer_response(outcome)
+    context.note_outcome(outcome.duplicate)
+    if redirect:
+        return pages.redirect(redirect)
+    if outcome.duplicate:
+        key = "duplicate"
+    else:
+        key = "updated" if outcome.answer.get("revision", 1) > 1 else "thanks"
+    return pages.outcome_page(key, 200, lang=lang)
 
 
 def _error_page(err: FeedbackTokenError, lang: str) -> Response:
@@ -228,23 +232,9 @@ def _confirmation(url: str, submission: feedback.Submission) -> dict[str, Any]:
     }
 
 
-def _recorded(svc: FeedbackService, claims: TokenClaims, outcome: Outcome, html: bool, lang: str) -> Response:
-    """The answer to a recorded submission: JSON, or for a browser a page (or the redirect)."""
-    if not html:
-        return _answer_response(outcome)
-    context.note_outcome(outcome.duplicate)
-    if policy.redirect_allowed(claims.redirect_url, svc.redirect_origins):
-        return pages.redirect(claims.redirect_url or "")
-    if outcome.duplicate:
-        key = "duplicate"
-    else:
-        key = "updated" if outcome.answer.get("revision", 1) > 1 else "thanks"
-    return pages.outcome_page(key, 200, lang=lang)
-
-
 async def token_info(request: Request) -> Response:
     """Read-only: what a page needs to render the right control. Consumes nothing."""
-    return JSONResponse(await service(request).info(*_token(request)))
+    return JSONResponse(await service(request).info(_token(request)))
 
 
 async def token_path(request: Request) -> Response:
