@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256, SHA384
 
 from app.domain import tokens
-from app.domain.service import as_uuid
+from app.domain.outcomes import as_uuid
 from app.errors import TokenInvalid
 from app.keys.key import Key
 from app.keys.keyring import KeyringDir

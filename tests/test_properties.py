@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app.domain import feedback, tokens
 from app.domain.feedback import FeedbackConfig
-from app.domain.service import encode_field
+from app.domain.outcomes import encode_field
 from app.domain.tokens import TokenClaims
 from app.errors import InvalidBody, InvalidFeedback, TokenInvalid
 from app.keys.key import Key

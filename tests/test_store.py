@@ -17,7 +17,8 @@ from conftest import RedisServer
 
 from app.errors import StoreUnavailable
 from app.store.keyspace import Keyspace, new_token_id
-from app.store.store import Store, SubmitReply
+from app.store.results import SubmitReply
+from app.store.store import Store
 
 FAR = int(time.time()) + 3600
 
@@ -220,8 +221,8 @@ def test_peek_foretells_what_submit_decides(redis_server: RedisServer, use: str,
             seen.append((peek.verdict, reply.status, after.verdict == "used"))
         return seen
 
-    for verdict, status, exhausted in run(redis_server, scenario):
-        assert expected[verdict] == status
+    seen = run(redis_server, scenario)
+    assert [expected[verdict] for verdict, _, _ in seen] == [status for _, status, _ in seen]
     state = layout.token_fields(redis_server.client(), t[0])
     assert state["uses"] == {"once": 1, "update": 4, "many": 5 if cap is None else 2}[use]  # update: a, b, c, b
-    assert exhausted is (use == "once" or cap is not None)
+    assert seen[-1][2] is (use == "once" or cap is not None)  # exhausted at the end

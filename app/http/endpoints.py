@@ -11,14 +11,8 @@ from starlette.responses import JSONResponse, Response
 
 from app import encoding
 from app.domain import feedback, policy, shapes
-from app.domain.service import (
-    FeedbackService,
-    LinkMode,
-    LinkStep,
-    TokenRef,
-    as_uuid,
-    parse_idempotency_key,
-)
+from app.domain.outcomes import LinkMode, LinkStep, TokenRef, as_uuid, parse_idempotency_key
+from app.domain.service import FeedbackService
 from app.domain.tokens import TokenClaims
 from app.errors import (
     BodyTooLarge,

@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -24,7 +23,7 @@ from redis.exceptions import ClusterDownError, MaxConnectionsError, OutOfMemoryE
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.errors import StoreUnavailable
-from app.store import scripts
+from app.store import legacy, scripts
 from app.store.batching import Batcher
 from app.store.connect import (
     MINIMUM_VERSION,
@@ -38,6 +37,7 @@ from app.store.connect import (
     retry_once,
 )
 from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
+from app.store.results import Peek, RunFull, StoredToken, SubmitReply, UseState
 
 log = logging.getLogger("feedback_tokens.store")
 T = TypeVar("T")
@@ -53,67 +53,6 @@ OPERATIONS = {
     "revoke": "revoking the token",
     "list": "listing the run's tokens",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class UseState:
-    """What a token's record says of its use (``L:u``), read without changing it."""
-
-    uses: int = 0
-    revoked: bool = False
-    exhausted: bool = False  # it takes no new submission (the submit script decided, app/store/scripts.py)
-
-    @classmethod
-    def parse(cls, raw: bytes | None) -> UseState:
-        if raw is None:
-            return cls()
-        flags, uses, _, _, _ = scripts.STATE.unpack(raw)
-        return cls(uses=uses, revoked=bool(flags & scripts.REVOKED), exhausted=bool(flags & scripts.EXHAUSTED))
-
-
-@dataclass(frozen=True, slots=True)
-class Peek:
-    """What the submit script would decide now (``PEEK``): ``verdict`` is ``revoked``, ``dup``
-    (an identical submission was recorded: ``created_ms`` and ``attempt`` are its), ``used`` (no
-    new submission is taken) or ``new``."""
-
-    verdict: str
-    uses: int
-    created_ms: int = 0
-    attempt: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredToken:
-    """A token as a listing or a lookup finds it: its record and signature, or (issued before
-    sharding) its JWT."""
-
-    token_id: uuid.UUID
-    record: bytes
-    signature: bytes
-    state: UseState = field(default_factory=UseState)
-    jwt: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitReply:
-    """What the submit script decided: ``ok`` (recorded by this attempt), ``dup`` (an identical
-    submission was recorded before), or one of ``used``, ``revoked``, ``expired``, ``conflict``."""
-
-    status: str
-    uses: int = 0
-    created_ms: int = 0
-    attempt: str | None = None  # ``dup``: the attempt that recorded it
-
-
-class RunFull(Exception):
-    """Issuing would put more live tokens in a run record than the cap allows."""
-
-    def __init__(self, run_key: str, live: int) -> None:
-        super().__init__(run_key)
-        self.run_key, self.live = run_key, live
-
-
 
 
 class Store:
@@ -351,13 +290,13 @@ class Store:
         latest: bytes,
         entry: Sequence[tuple[str, str]],
     ) -> SubmitReply:
-        record_key, stream, legacy = self._place(token_id, run_id)
+        record_key, stream, old_record = self._place(token_id, run_id)
         args: list[Any] = [
             local_id(token_id), attempt, fingerprint, use, cap or 0, deadline, created_ms, idempotency or "", latest,
         ]
         for name, value in entry:
             args += (name, value)
-        keys = [record_key, stream] if legacy is None else [record_key, stream, legacy]
+        keys = [record_key, stream] if old_record is None else [record_key, stream, old_record]
         reply = await self._call("submit", lambda: self._submit_batched(keys, args))
         status = _text(reply[0])
         if status == "ok":
@@ -374,9 +313,7 @@ class Store:
         JWT); None when unknown or gone."""
         key = self.keyspace.record_of(token_id)
         if key is None:
-            legacy = self.keyspace.legacy_record(token_id)
-            jwt = await self._call("lookup", lambda: self.redis.hget(legacy, "jwt"))
-            return None if jwt is None else StoredToken(token_id, b"", b"", jwt=_text(jwt))
+            return await self._call("lookup", lambda: legacy.lookup(self.redis, self.keyspace, token_id))
         L = local_id(token_id)
         record, signature = cast(
             list[bytes | None], await self._call("lookup", lambda: self.redis.hmget(key, [L, f"{L}:s"]))
@@ -389,8 +326,8 @@ class Store:
         self, token_id: uuid.UUID, run_id: uuid.UUID, *, use: str, cap: int | None, fingerprint: bytes = b""
     ) -> Peek:
         """What submitting ``fingerprint`` (b"": any new submission) would do now; writes nothing."""
-        key, _, legacy = self._place(token_id, run_id)
-        keys = [key] if legacy is None else [key, legacy]
+        key, _, old_record = self._place(token_id, run_id)
+        keys = [key] if old_record is None else [key, old_record]
         args: list[Any] = [local_id(token_id), fingerprint, use, cap or 0]
         verdict, uses, created, attempt, legacy_created = await self._call(
             "state", lambda: self._peek(keys=keys, args=args)
@@ -409,15 +346,7 @@ class Store:
     async def revoke(self, token_id: uuid.UUID) -> bool:
         key = self.keyspace.record_of(token_id)
         if key is None:  # issued before sharding: its old record carries the flag
-            legacy = self.keyspace.legacy_record(token_id)
-
-            async def mark() -> bool:
-                if not await self.redis.exists(legacy):
-                    return False
-                await self.redis.hset(legacy, "rev", "1")
-                return True
-
-            return await self._call("revoke", mark)
+            return await self._call("revoke", lambda: legacy.revoke(self.redis, self.keyspace, token_id))
         return bool(await self._call("revoke", lambda: self._revoke(keys=[key], args=[local_id(token_id)])))
 
     # -- listing ----------------------------------------------------------------------------------
@@ -433,13 +362,13 @@ class Store:
         async def run() -> tuple[list[Any], list[tuple[int, StoredToken]]]:
             parts = await asyncio.gather(
                 *(self._list(keys=[key], args=[run_id.bytes, self.grace, window]) for key in keys),
-                self._legacy_list(run_id, window),
+                legacy.list_run(self.redis, self.keyspace, run_id, window),
             )
             return list(parts[:-1]), parts[-1]
 
-        replies, legacy = await self._call("list", run)
-        total = len(legacy)
-        found = list(legacy)
+        replies, before_sharding = await self._call("list", run)
+        total = len(before_sharding)
+        found = list(before_sharding)
         for shard, reply in enumerate(replies):
             total += int(reply[0])
             rows = reply[1:]
@@ -450,22 +379,6 @@ class Store:
                 found.append((created, StoredToken(token_id, record, signature, UseState.parse(state or None))))
         found.sort(key=lambda item: item[0])
         return total, found[:window]
-
-    async def _legacy_list(self, run_id: uuid.UUID, window: int) -> list[tuple[int, StoredToken]]:
-        """A run's tokens as the layout before sharding indexed them (empty once they expired)."""
-        index = self.keyspace.legacy_run_index(run_id)
-        members = cast(list[tuple[bytes, float]], await self.redis.zrange(index, 0, window - 1, withscores=True))
-        out = []
-        for member, score in members:
-            token_id = uuid.UUID(member.decode())
-            jwt, rev, fp, n = await self.redis.hmget(self.keyspace.legacy_record(token_id), ["jwt", "rev", "fp", "n"])
-            if jwt is None:
-                continue
-            uses = int(n) if n is not None else int(fp is not None)
-            state = UseState(uses=uses, revoked=rev is not None)
-            out.append((int(score), StoredToken(token_id, b"", b"", state, jwt=_text(jwt))))
-        return out
-
 
     async def recent(self, count: int) -> list[dict[str, str]]:
         """The newest entries of every shard's stream, newest first (the demo page shows them)."""
