@@ -45,7 +45,9 @@ test: $(STAMP)
 	tests/install-system-packages
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-## make bench: the benchmark (own Redis, own servers, wrk); writes bench/RESULTS.md
+## make bench: the benchmark (own Redis and cluster, own servers, wrk), about 9 minutes; writes
+## bench/runs/<UTC time>.md. BENCH_ARGS=--quick: a 2-3 minute smoke run; BENCH_ARGS=--update-results:
+## also rewrite the tracked bench/RESULTS.md
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
@@ -55,5 +57,5 @@ clean:
 
 ## make lint: ruff on everything, mypy --strict on the package (both pinned in the test extras)
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff check app tests bench procs
 	$(BIN)/mypy --strict app

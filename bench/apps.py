@@ -1,14 +1,17 @@
 """The two reference apps that ``bench/run.py`` serves next to the real service.
 
-- ``bare_app``: the floor. One POST route on the submit path's URL pattern; it reads the body
-  and answers a small JSON. No middleware, no parsing: what Starlette + uvicorn cost by themselves.
+- ``bare_app``: the floor. One POST route on the token URL's pattern (``<jwt>/<token id>``); it
+  reads the body and answers a small JSON. No middleware, no parsing: what Starlette + uvicorn
+  cost by themselves.
 - ``verify_app``: the real app (``app.main.create_app``, configured from the same environment)
-  with only the storage step replaced: ``Store.submit`` answers as if the script had accepted
-  the submission, without any Redis call. Middleware, routing, body parsing, token verification
-  (shape, signature, claims), value checks and the JSON answer are the real ones, so
-  submit / verify-only is what the Redis step costs. The bench points this app's ``REDIS_URL`` at
-  a port where nothing listens: a Redis call on this path would fail the request and show up as
-  an error in the results.
+  with only the Redis call of a submission replaced: ``Store.submit`` answers what the submit
+  script answers for a first use (``SubmitReply("ok", uses=1, created_ms=...)``) without
+  sending anything. Middleware, routing, body parsing, token verification (shape, signature,
+  claims, id in the path), value checks, building the stream entry and the use-state arguments
+  (``FeedbackService.record``) and the JSON answer are the real ones, so submit / verify-only is
+  what the Redis step costs (the store's argument list, the batched round trip, the script).
+  The bench points this app's ``REDIS_URL`` at a port where nothing listens: any other Redis
+  call on this path would fail the request and show up as an error in the results.
 
 Both are built on first attribute access, so ``uvicorn bench.apps:bare_app`` never imports the
 service, and ``uvicorn bench.apps:verify_app`` reads the environment in each worker.
@@ -24,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-SUBMIT_ROUTE = "/api/v1/feedback/tokens/{token}"
+SUBMIT_ROUTE = "/api/v1/feedback/tokens/{token}/{token_id}"
 
 
 async def _bare(request: Request) -> Response:
@@ -41,11 +44,12 @@ def build_bare_app() -> Starlette:
 
 
 class NoStorageStore:
-    """Wraps the real store; ``submit`` skips Redis and reports the submission as accepted."""
+    """Wraps the real store; ``submit`` takes the same arguments (checked against the real
+    signature, so a changed store API fails loudly here) and answers a first, accepted use."""
 
-    def __init__(self, store: Any, outcome: Any) -> None:
+    def __init__(self, store: Any, reply: type) -> None:
         self._store = store
-        self._outcome = outcome
+        self._reply = reply
         self._signature = inspect.signature(type(store).submit)
 
     def __getattr__(self, name: str) -> Any:
@@ -53,22 +57,22 @@ class NoStorageStore:
 
     async def submit(self, *args: Any, **kwargs: Any) -> Any:
         bound = self._signature.bind(self._store, *args, **kwargs)
-        return self._outcome(bound.arguments.get("answer", {}), duplicate=False)
+        return self._reply("ok", uses=1, created_ms=bound.arguments["created_ms"])
 
 
 def build_verify_app() -> Starlette:
     from app.main import create_app
-    from app.store.store import Outcome
+    from app.store.results import SubmitReply
 
     app = create_app()
     service = app.state.service
     store = getattr(service, "store", None)
-    if store is None or not hasattr(store, "submit"):
+    if store is None or "created_ms" not in inspect.signature(type(store).submit).parameters:
         raise RuntimeError(
-            "bench.apps.verify_app: the service no longer has store.submit; adapt NoStorageStore "
-            "to the new storage interface"
+            "bench.apps.verify_app: the service's store.submit no longer takes created_ms; adapt "
+            "NoStorageStore to the new storage interface"
         )
-    service.store = NoStorageStore(store, Outcome)
+    service.store = NoStorageStore(store, SubmitReply)
     return app
 
 

@@ -153,7 +153,7 @@ class Driver:
     async def run(self, connections: int) -> dict[str, Any]:
         for _ in range(connections):
             _, conn = await self.loop.create_connection(lambda: Conn(self), self.host, self.port)
-            self.idle.append(conn)  # type: ignore[arg-type]
+            self.idle.append(conn)
             self.open_conns += 1
         total = min(self.total, len(self.paths))
         exhausted = self.total > len(self.paths)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark for issue 5: ``python bench/run.py [--quick]`` (``make bench``). See bench/README.md."""
+"""The benchmark: ``python bench/run.py [--quick] [--update-results]`` (``make bench``). See bench/README.md."""
 
 from __future__ import annotations
 
