@@ -226,3 +226,40 @@ def test_peek_foretells_what_submit_decides(redis_server: RedisServer, use: str,
     state = layout.token_fields(redis_server.client(), t[0])
     assert state["uses"] == {"once": 1, "update": 4, "many": 5 if cap is None else 2}[use]  # update: a, b, c, b
     assert seen[-1][2] is (use == "once" or cap is not None)  # exhausted at the end
+
+
+def _closed_connection_error() -> AttributeError:
+    """An AttributeError raised inside redis-py, as a connection closed under a call raises it
+    (redis-py issue 4287: ``'NoneType' object has no attribute 'writelines'``)."""
+    from redis.asyncio.connection import Connection
+
+    try:
+        Connection.is_connected.fget(object())  # type: ignore[attr-defined]
+    except AttributeError as err:
+        return err
+    raise AssertionError("redis-py no longer raises here; pick another of its internals")
+
+
+def test_a_connection_closed_under_a_call_is_a_503_and_a_bug_of_ours_is_not(redis_server: RedisServer) -> None:
+    lost = _closed_connection_error()
+
+    async def closed() -> None:
+        raise lost
+
+    async def ours() -> None:
+        raise AttributeError("a bug in this service")
+
+    async def scenario(store: Store) -> tuple[BaseException | None, BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        for fn in (closed, ours):
+            try:
+                await store._call("submit", fn)
+                outcomes.append(None)
+            except Exception as err:  # noqa: BLE001 - which kind is the assertion
+                outcomes.append(err)
+        return outcomes[0], outcomes[1]
+
+    unavailable, bug = run(redis_server, scenario)
+    assert isinstance(unavailable, StoreUnavailable) and unavailable.status == 503
+    assert "connection" in unavailable.detail and "send the same submission again" in unavailable.detail
+    assert isinstance(bug, AttributeError) and str(bug) == "a bug in this service"

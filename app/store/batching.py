@@ -18,6 +18,9 @@ What goes wrong, and what happens then:
   unreachable, the topology is learned again and each call goes through the cluster client. That
   is safe only because every call carries an attempt id that the script remembers: a call that
   already ran answers what it answered the first time (app/store/scripts.py).
+- A connection closed under the call that redis-py reports as a transport's AttributeError or
+  TypeError (redis-py issue 4287; seen here when a failover replaces a node's connections): it
+  is taken for the connection error it is, above.
 - A timeout: the node is slow or hung; no retry (it would double the wait), the callers get
   the error and the service answers 503.
 """
@@ -43,6 +46,8 @@ from redis.exceptions import (
     RedisError,
     TryAgainError,
 )
+
+from app.store.connect import as_connection_error
 
 log = logging.getLogger("feedback_tokens.store")
 
@@ -106,10 +111,15 @@ class Batcher:
         return self.node_client(key)
 
     async def _send(self, node: aioredis.Redis, batch: list[Call]) -> list[Any]:
-        async with node.pipeline(transaction=False) as pipe:
-            for keys, args, _ in batch:
-                pipe.evalsha(self.script.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+        try:
+            async with node.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+                return await pipe.execute(raise_on_error=False)
+        except (AttributeError, TypeError) as err:
+            if (lost := as_connection_error(err)) is None:
+                raise
+            raise lost from err
 
     async def _send_retrying(self, node: aioredis.Redis, batch: list[Call]) -> list[Any]:
         """The node's client already sent the pipeline once more on a broken connection; on a
@@ -138,10 +148,15 @@ class Batcher:
         """One call through the cluster client, which follows MOVED / ASK and retries TRYAGAIN."""
         keys, args, _ = call
         try:
-            return await self.client.evalsha(self.script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.client.script_load(self.script.script)
-            return await self.client.evalsha(self.script.sha, len(keys), *keys, *args)
+            try:
+                return await self.client.evalsha(self.script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self.client.script_load(self.script.script)
+                return await self.client.evalsha(self.script.sha, len(keys), *keys, *args)
+        except (AttributeError, TypeError) as err:
+            if (lost := as_connection_error(err)) is None:
+                raise
+            raise lost from err
 
     async def _flush(self, node: aioredis.Redis, batch: list[Call]) -> None:
         started = time.perf_counter()

@@ -29,6 +29,7 @@ from app.store.connect import (
     MINIMUM_VERSION,
     Client,
     ClusterMode,
+    as_connection_error,
     check_version,
     connect,
     discover_streams,
@@ -156,7 +157,12 @@ class Store:
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
         try:
-            return await fn()
+            try:
+                return await fn()
+            except (AttributeError, TypeError) as err:
+                if (lost := as_connection_error(err)) is None:
+                    raise
+                raise lost from err
         except RedisError as err:
             kind = _error_kind(err)
             if self.on_error is not None:
@@ -205,9 +211,7 @@ class Store:
             if isinstance(self.redis, RedisCluster):
                 reply = await self.redis.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
                 values = reply.values() if isinstance(reply, dict) else []
-                policies = {
-                    v.get("maxmemory-policy") if isinstance(v, dict) else None for v in values
-                } or {None}
+                policies = {v.get("maxmemory-policy") if isinstance(v, dict) else None for v in values} or {None}
                 policy = next((p for p in policies if p not in (None, "noeviction", b"noeviction")), None)
                 value: Any = policy if policy is not None else next(iter(policies))
             else:
@@ -292,7 +296,15 @@ class Store:
     ) -> SubmitReply:
         record_key, stream, old_record = self._place(token_id, run_id)
         args: list[Any] = [
-            local_id(token_id), attempt, fingerprint, use, cap or 0, deadline, created_ms, idempotency or "", latest,
+            local_id(token_id),
+            attempt,
+            fingerprint,
+            use,
+            cap or 0,
+            deadline,
+            created_ms,
+            idempotency or "",
+            latest,
         ]
         for name, value in entry:
             args += (name, value)
