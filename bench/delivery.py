@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -62,6 +62,8 @@ from app.keys.keyring import KeyringDir  # noqa: E402
 from app.store.connect import connect  # noqa: E402
 from app.store.entry import FeedbackEntry  # noqa: E402
 from app.store.keyspace import Keyspace  # noqa: E402
+from bench.registry import Section, measurement  # noqa: E402
+from bench.table import Table  # noqa: E402
 
 API_KEY = "bench-delivery-api-key"
 
@@ -442,6 +444,53 @@ def main() -> int:
         servers.stop()
     print(json.dumps(results))
     return 0
+
+
+if TYPE_CHECKING:
+    from bench.harness import Bench
+
+
+@measurement("delivery", "Delivery: throughput and latency", quick=False)
+def delivery(bench: Bench) -> Section:
+    """``make bench``'s part: this script in a process of its own (its own Redis and PostgreSQL),
+    ``--quick`` sizes under a quick bench; the figures into the report."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *(["--quick"] if bench.cfg.quick else [])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    last = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+    if not last or not last[0].startswith("{"):
+        raise RuntimeError(f"bench/delivery.py failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    r = json.loads(last[0])
+    section = Section("Delivery: throughput and latency")
+    section.para(f"One deliverer process (`--batch {r['batch']}`) draining a stream filled beforehand: entries "
+                 "per second until the target confirmed the last one, and per CPU second of the deliverer. "
+                 "JSONL is fsynced per batch; PostgreSQL runs with fsync and synchronous_commit on.")
+    rates = Table(["target", "streams", "entries/s", "per CPU second"], "lrrr")
+    for target in ("jsonl", "postgresql"):
+        for shards in (1, 16):
+            name = f"{target}_{shards}_stream{'s' if shards > 1 else ''}"
+            if f"{name}_per_s" in r:
+                rates.add(target, shards, f"{r[f'{name}_per_s']:,}", f"{r[f'{name}_per_cpu_s']:,}")
+    section.table(rates)
+    latency = Table(["path at 1,000/s", "p50 ms", "p99 ms", "max ms"], "lrrr")
+    if "stream_latency" in r:
+        st = r["stream_latency"]
+        latency.add("XADD -> JSONL line", st["p50_ms"], st["p99_ms"], st["max_ms"])
+    for key, what in (("from_answer", "submit answered -> JSONL line"), ("from_due", "submit due -> JSONL line")):
+        if key in r.get("latency", {}):
+            m = r["latency"][key]
+            latency.add(what, m["p50_ms"], m["p99_ms"], m["max_ms"])
+    section.table(latency)
+    section.data.update(r)
+    best_jsonl = max(r.get("jsonl_1_stream_per_s", 0), r.get("jsonl_16_streams_per_s", 0))
+    best_pg = max(r.get("postgresql_1_stream_per_s", 0), r.get("postgresql_16_streams_per_s", 0))
+    section.goal("at least 20,000 entries/s to JSONL (one deliverer)", best_jsonl >= 20_000)
+    section.goal("at least 5,000 entries/s to PostgreSQL (one deliverer)", best_pg >= 5_000)
+    if "stream_latency" in r:
+        section.goal("XADD -> JSONL p99 under 1 s at 1,000/s", r["stream_latency"]["p99_ms"] < 1000)
+    if "latency" in r:
+        section.note(f"The service itself answered {r['latency'].get('achieved_rate')}/s of the 1,000/s asked "
+                     "on this machine; the 'due' row includes any queueing in front of it.")
+    return section
 
 
 if __name__ == "__main__":

@@ -49,10 +49,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.registry import Section, measurement  # noqa: E402
+from bench.table import Table  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.harness import Bench as HarnessBench
 CORES = os.cpu_count() or 1
 TOKENS = "/api/v1/feedback/tokens"
 API_KEY = "bench-ops-" + uuid.uuid4().hex
@@ -200,6 +209,7 @@ class Bench:
         self.on_2xx = 0
         self.fastest = 0.0
         self.miscounted: list[str] = []
+        self.summary: dict[str, object] = {}  # the figures, printed as the last line (RESULT_JSON)
 
     def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> Group:
         with open(log, "ab") as out:
@@ -429,6 +439,11 @@ class Bench:
                 on = statistics.median(p["on"].rps for p in chosen)
                 off = statistics.median(p["off"].rps for p in chosen)
                 ratio = statistics.median(ratios)
+                if label == "all valid rounds":
+                    self.summary[f"{workers}_workers"] = {
+                        "rounds": len(chosen), "on_rps": round(on), "off_rps": round(off), "rps_ratio": round(ratio, 3),
+                        "cpu_ratio": round(statistics.median(p["on"].cpu_us / p["off"].cpu_us for p in chosen), 3),
+                    }
                 print(f"  {workers} worker(s), {label} ({len(chosen)}): on {on:,.0f} req/s, off {off:,.0f} req/s; "
                       f"on/off median {ratio:.3f} (cost {100 * (1 - ratio):.1f} %); "
                       f"rounds {', '.join(f'{r:.3f}' for r in ratios)}")
@@ -544,6 +559,8 @@ def inprocess(bench: Bench, redis_url: str, keys: Path) -> None:
         ).stdout
         times = json.loads(out)
         on, off = statistics.median(times["on"]), statistics.median(times["off"])
+        bench.summary[f"inprocess_{mode}"] = {"on_us": round(on, 1), "off_us": round(off, 1),
+                                              "cost_pct": round(100 * (on / off - 1), 1)}
         low_on, low_off = min(times["on"]), min(times["off"])
         print(f"  {mode:>12} metrics: on {on:.0f} us, off {off:.0f} us (median, cost {on - off:.1f} us = "
               f"{100 * (on / off - 1):.1f} %); least: on {low_on:.0f} us, off {low_off:.0f} us "
@@ -580,9 +597,53 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        return bench.run()
+        status = bench.run()
+        print(RESULT_JSON, json.dumps(bench.summary), flush=True)
+        return status
     finally:
         bench.close()
+
+
+RESULT_JSON = "RESULT_JSON"
+
+
+@measurement("ops_cost", "Metrics and access logs: what they cost", quick=False)
+def ops_cost(harness: HarnessBench) -> Section:
+    """``make bench``'s part: this script in a process of its own (it starts its own Redis and
+    servers), 1 worker, fewer rounds than a standalone run; the figures into the report."""
+    rounds, blocks = (2, 6) if harness.cfg.quick else (4, 12)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--workers", "1", "--rounds", str(rounds),
+         "--blocks", str(blocks)], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_JSON)]
+    if not lines:
+        raise RuntimeError(f"bench/ops_cost.py gave no figures (exit {done.returncode}): {done.stderr[-2000:]}")
+    figures = json.loads(lines[-1].removeprefix(RESULT_JSON))
+    section = Section("Metrics and access logs: what they cost")
+    section.para("Metrics (`FEEDBACK_METRICS=1`) and a JSON access line per request against both off, "
+                 "on one Redis. Served: two uvicorn servers side by side under the same load, the ratio of "
+                 "their throughput and of their CPU time per request (median of paired rounds). In process: "
+                 "the app called directly, CPU time per submission (median of alternating blocks).")
+    table = Table(["measure", "on", "off", "on/off"], "lrrr")
+    served = figures.get("1_workers")
+    if isinstance(served, dict):
+        table.add(f"served, req/s ({served['rounds']} rounds)", f"{served['on_rps']:,}", f"{served['off_rps']:,}",
+                  f"{served['rps_ratio']:.3f}")
+        table.add("served, CPU per request", "", "", f"{served['cpu_ratio']:.3f}")
+    for mode in ("single", "multiprocess"):
+        inproc = figures.get(f"inprocess_{mode}")
+        if isinstance(inproc, dict):
+            table.add(f"in process ({mode} metrics), µs per submission", f"{inproc['on_us']}",
+                      f"{inproc['off_us']}", f"{1 + inproc['cost_pct'] / 100:.3f}")
+    section.table(table)
+    section.data.update(figures)
+    if isinstance(served, dict):
+        section.goal("metrics + access log cost at most 5 % of throughput (1 worker)", served["rps_ratio"] >= 0.95)
+    if done.returncode != 0:
+        section.note(f"bench/ops_cost.py exited {done.returncode}: a round was invalid or the metrics miscounted "
+                     "(run `python bench/ops_cost.py` alone to see which)")
+    return section
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ yes`` on free ports, joined with ``redis-cli --cluster create`` (about 2 s), one
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -23,9 +25,14 @@ from redis.cluster import RedisCluster
 
 def cluster_port(count: int = 1) -> int:
     """The first of ``count`` free ports in a row whose cluster bus ports (10000 higher) are free
-    too (both must be <= 65535)."""
+    too. Both below the kernel's ephemeral range, which the suite's own outgoing connections take
+    ports from: a port found free there may be some client's by the time a node binds it."""
+    ephemeral_low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    highest = ephemeral_low - 10000 - count
     for _ in range(200):
-        port = random.randint(20000, 55000)
+        port = random.randint(min(10000, highest - 1000), highest)
         try:
             for candidate in [p + bus for p in range(port, port + count) for bus in (0, 10000)]:
                 with socket.socket() as s:
