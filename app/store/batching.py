@@ -47,7 +47,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from app.store.connect import as_connection_error
+from app.store.failures import as_connection_error
 
 log = logging.getLogger("feedback_tokens.store")
 

@@ -12,15 +12,11 @@ queueing without end behind a slow Redis.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import re
-import traceback
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -40,25 +36,6 @@ MINIMUM_VERSION = (7, 0, 0)
 
 class RedisVersionError(RuntimeError):
     """The server is older than the scripts need."""
-
-
-# Where a connection that was closed under a call (by the peer, or by the cluster client replacing
-# a node's connections during a failover) surfaces as a transport's internals instead of redis-py's
-# ConnectionError: ``'NoneType' object has no attribute 'writelines'`` and the like (redis-py
-# issue 4287). Such an error is a lost connection, not a bug in this service.
-_TRANSPORT_DIRS = (os.path.dirname(redis.__file__) + os.sep, os.path.dirname(asyncio.__file__) + os.sep)
-
-
-def as_connection_error(err: BaseException) -> RedisConnectionError | None:
-    """``err`` as the ConnectionError it stands for, if it is a closed connection's AttributeError
-    or TypeError raised inside redis-py or asyncio's transport; None for anything else."""
-    if not isinstance(err, (AttributeError, TypeError)) or err.__traceback__ is None:
-        return None
-    innermost = traceback.extract_tb(err.__traceback__)[-1].filename
-    if not innermost.startswith(_TRANSPORT_DIRS):
-        return None
-    lost = RedisConnectionError(f"connection closed under the call ({type(err).__name__}: {err})")
-    return lost
 
 
 async def is_cluster(url: str, timeout: float) -> bool:

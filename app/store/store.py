@@ -19,17 +19,14 @@ from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, MaxConnectionsError, OutOfMemoryError, RedisError, TimeoutError
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ClusterDownError, RedisError
 
-from app.errors import StoreUnavailable
 from app.store import legacy, scripts
 from app.store.batching import Batcher
 from app.store.connect import (
     MINIMUM_VERSION,
     Client,
     ClusterMode,
-    as_connection_error,
     check_version,
     connect,
     discover_streams,
@@ -37,24 +34,12 @@ from app.store.connect import (
     max_shards_used,
     retry_once,
 )
+from app.store.failures import as_connection_error, unavailable
 from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
 from app.store.results import Peek, RunFull, StoredToken, SubmitReply, UseState
 
 log = logging.getLogger("feedback_tokens.store")
 T = TypeVar("T")
-
-# What each ``Store._call`` was doing, in the words a 503's detail uses.
-OPERATIONS = {
-    "ping": "checking Redis",
-    "issue": "issuing tokens",
-    "submit": "recording the submission",
-    "lookup": "looking up the token id",
-    "state": "reading the token's state",
-    "recent": "reading recent feedback",
-    "revoke": "revoking the token",
-    "list": "listing the run's tokens",
-}
-
 
 class Store:
     """Created before the event loop runs (the app factory), connected by ``start`` in the app's
@@ -164,27 +149,10 @@ class Store:
                     raise
                 raise lost from err
         except RedisError as err:
-            kind = _error_kind(err)
             if self.on_error is not None:
                 self.on_error(err)
             log.warning("redis %s failed: %s: %s", what, type(err).__name__, err)
-            doing = OPERATIONS.get(what, what)
-            if kind == "oom":
-                # Refused at the script's first write: certainly nothing was recorded.
-                detail = f"Redis is out of memory while {doing}; nothing was changed, try again"
-            elif kind == "pool":
-                detail = f"every Redis connection of this node is busy ({doing}); nothing was changed, try again"
-            elif what == "submit":
-                # A timeout or a dropped connection may come after Redis ran the script, so don't
-                # promise that nothing was recorded; an identical resend is answered either way.
-                detail = (
-                    f"Redis is unavailable ({doing} failed: {kind}); send the same submission again shortly: "
-                    "an identical resend is never counted twice (for tokens that take many submissions, "
-                    "send an Idempotency-Key header so that a resend is recognised)"
-                )
-            else:
-                detail = f"Redis is unavailable ({doing} failed: {kind}); try again shortly"
-            raise StoreUnavailable(detail, retry_after=self.retry_after) from err
+            raise unavailable(what, err, self.retry_after) from err
         finally:
             if self.observe is not None:
                 self.observe(what, time.perf_counter() - started)
@@ -409,15 +377,3 @@ class Store:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _error_kind(err: RedisError) -> str:
-    if isinstance(err, OutOfMemoryError) or str(err).startswith("OOM"):
-        return "oom"
-    if isinstance(err, MaxConnectionsError):
-        return "pool"
-    if isinstance(err, TimeoutError):
-        return "timeout"
-    if isinstance(err, RedisConnectionError):
-        return "connection"
-    return "error"
