@@ -2,8 +2,9 @@
 records, with its buckets and bounded labels (route templates, methods, status codes, outcomes,
 operation names, error kinds: never an id), and the key metrics read at scrape time.
 
-``Metrics`` is one process's set, created by ``app.ops.metrics.setup``; the rest of the app
-records through the functions of ``app/ops/metrics.py``, not through these objects.
+``Metrics`` is one process's set, created by ``app.ops.metrics.setup``. The rest of the app
+records through ``app/ops/metrics.py``: its functions (the store's hooks, tokens issued and
+revoked), or ``current()``'s ``request`` and ``submission`` (the middleware).
 prometheus_client is imported inside the functions here, never at module level: it picks its
 storage (in-process or multiprocess files) when first imported, which must come after the
 metrics directory is chosen (``app/ops/metrics_directory.py``).
