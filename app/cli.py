@@ -159,7 +159,7 @@ def _logging_env(log_format: str | None, no_access_log: bool = False) -> Setting
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.ops.metrics import serving_directory
+    from app.ops.metrics_directory import serving_directory
 
     settings = _logging_env(args.log_format, args.no_access_log)
     with serving_directory(args.workers, settings.metrics):

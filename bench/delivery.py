@@ -55,8 +55,9 @@ import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 from app.config import Retention  # noqa: E402
-from app.delivery.consumer import Deliverer, Options  # noqa: E402
+from app.delivery.consumer import Deliverer  # noqa: E402
 from app.delivery.jsonl import JsonlTarget  # noqa: E402
+from app.delivery.options import Options  # noqa: E402
 from app.delivery.postgres import PostgresTarget  # noqa: E402
 from app.keys.keyring import KeyringDir  # noqa: E402
 from app.store.connect import connect  # noqa: E402

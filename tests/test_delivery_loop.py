@@ -20,7 +20,8 @@ from delivery_helpers import WEBHOOK_SECRET, as_record, submit_mix, wait_for
 
 from app.config import ConfigError, Retention, Settings
 from app.delivery import FeedbackEntry, TargetUnavailable
-from app.delivery.consumer import Deliverer, Options
+from app.delivery.consumer import Deliverer
+from app.delivery.options import Options
 from app.delivery.target import group_name
 from app.store.connect import connect
 from app.store.entry import decode

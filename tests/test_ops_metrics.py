@@ -22,7 +22,7 @@ from support_ops import Served, by_label, cli_args, samples, servers, uvicorn_ar
 from app.config import Secret
 from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource, JwksSource
-from app.ops import metrics
+from app.ops import metrics, metrics_directory
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def issue_http(base: str, n: int) -> list[dict[str, Any]]:
 
 
 def node_directories() -> set[str]:
-    prefix = f"{metrics.DIR_PREFIX}{os.getuid()}-"
+    prefix = f"{metrics_directory.DIR_PREFIX}{os.getuid()}-"
     return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith(prefix)}
 
 
@@ -111,12 +111,12 @@ def test_the_workers_directory_is_fresh_private_and_removed_at_exit(
     served: Callable[..., Served], redis_server: RedisServer, keys_dir: Path
 ) -> None:
     # A node killed earlier left its directory behind: the next start removes it.
-    stale = Path(tempfile.gettempdir()) / f"{metrics.DIR_PREFIX}{os.getuid()}-999999999-12345"
+    stale = Path(tempfile.gettempdir()) / f"{metrics_directory.DIR_PREFIX}{os.getuid()}-999999999-12345"
     stale.mkdir()
     (stale / "counter_1.db").write_bytes(b"\0" * 8)
     server = served(uvicorn_args(workers=2), live_env(redis_server, keys_dir))
     # Named after the node's supervisor (other tests' servers may make theirs meanwhile).
-    name = f"{metrics.DIR_PREFIX}{os.getuid()}-{server.proc.pid}-"
+    name = f"{metrics_directory.DIR_PREFIX}{os.getuid()}-{server.proc.pid}-"
     wait_until(lambda: any(d.startswith(name) for d in node_directories()), "the node's metrics directory")
     (ours,) = [d for d in node_directories() if d.startswith(name)]
     path = Path(tempfile.gettempdir()) / ours
@@ -133,7 +133,8 @@ def test_serve_with_workers_makes_and_removes_its_directory(
 ) -> None:
     server = served(cli_args("serve", "--port", "{port}", "--workers", "2"), live_env(redis_server, keys_dir))
     # Named after the node's supervisor (other tests' servers may make theirs meanwhile).
-    (ours,) = [d for d in node_directories() if d.startswith(f"{metrics.DIR_PREFIX}{os.getuid()}-{server.proc.pid}-")]
+    supervisor = f"{metrics_directory.DIR_PREFIX}{os.getuid()}-{server.proc.pid}-"
+    (ours,) = [d for d in node_directories() if d.startswith(supervisor)]
     healthz = ("http_requests_total", (("method", "GET"), ("route", "/healthz"), ("status", "200")))
     before_count = samples(httpx.get(f"{server.url}/metrics").text)[healthz]  # the start-up wait's
     for _ in range(4):
@@ -303,10 +304,10 @@ def test_a_foreign_directory_is_not_used(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     os.chmod(shared, 0o777)
-    assert not metrics._private_directory(str(shared))
+    assert not metrics_directory._private_directory(str(shared))
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "elsewhere")
-    assert not metrics._private_directory(str(link))
+    assert not metrics_directory._private_directory(str(link))
     fresh = tmp_path / "fresh"
-    assert metrics._private_directory(str(fresh)) and stat.S_IMODE(fresh.stat().st_mode) == 0o700
-    assert metrics._private_directory(str(fresh))  # ours already: accepted
+    assert metrics_directory._private_directory(str(fresh)) and stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert metrics_directory._private_directory(str(fresh))  # ours already: accepted

@@ -1,6 +1,8 @@
-"""Getting the feedback out of the Redis streams: a consumer loop (``consumer``), the targets it
-delivers to (``jsonl``, ``webhook``, ``postgres``, or a class of yours: ``target``), and keeping
-the streams bounded (``streams``, ``upkeep``).
+"""Getting the feedback out of the Redis streams: a consumer loop (``consumer``) that reads and
+settles entries through the group (``reader``) and hands them to a target with retries
+(``courier``), with its ``options``; the targets it delivers to (``jsonl``, ``webhook``,
+``postgres``, or a class of yours: ``target``), and keeping the streams bounded (``streams``,
+``upkeep``).
 
 A target of your own is a class with one async method (see ``target.Target``)::
 

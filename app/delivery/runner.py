@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from app.config import Settings
-from app.delivery.consumer import Deliverer, Options
+from app.delivery.consumer import Deliverer
 from app.delivery.metrics import DeliveryMetrics
+from app.delivery.options import Options
 from app.delivery.streams import group_status
 from app.delivery.target import Target, group_name, open_target
 from app.store.connect import Client, check_version, connect, discover_streams
