@@ -160,7 +160,7 @@ def create_app(
         grace=settings.leeway + settings.max_clock_skew,
         run_cap=settings.max_run_tokens,
         observe=metrics.observe_redis,
-        on_error=lambda err: metrics.redis_error(metrics.error_kind(err)),
+        on_error=metrics.redis_error,
         on_batch=metrics.observe_submit_batch,
     )
     drain = Drain(settings.shutdown_drain)

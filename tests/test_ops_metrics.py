@@ -23,6 +23,7 @@ from app.config import Secret
 from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource, JwksSource
 from app.ops import metrics, metrics_directory
+from app.store.failures import error_kind
 
 
 @pytest.fixture
@@ -268,19 +269,27 @@ def test_store_hooks_and_redis_error_kinds(
     try:
         redis.Redis(port=own.port, socket_timeout=5).execute_command("NO-SUCH-COMMAND")
     except redis.RedisError as err:
-        kinds.append(metrics.error_kind(err))
+        kinds.append(error_kind(err))
+    pool = redis.ConnectionPool(port=own.port, max_connections=1)
+    try:
+        pool.get_connection()
+        pool.get_connection()  # one more than the pool may hold
+    except redis.RedisError as err:
+        kinds.append(error_kind(err))
+    finally:
+        pool.disconnect()
     own.pause()
     try:
         redis.Redis(port=own.port, socket_timeout=0.2).ping()
     except redis.RedisError as err:
-        kinds.append(metrics.error_kind(err))
+        kinds.append(error_kind(err))
     own.resume()
     own.stop()
     try:
         redis.Redis(port=own.port, socket_timeout=1).ping()
     except redis.RedisError as err:
-        kinds.append(metrics.error_kind(err))
-    assert kinds == ["response", "timeout", "connection"]
+        kinds.append(error_kind(err))
+    assert kinds == ["response", "pool", "timeout", "connection"]
     for kind in [*kinds, "made-up"]:
         metrics.redis_error(kind)
     metrics.observe_redis("submit", 0.0004)
@@ -291,7 +300,7 @@ def test_store_hooks_and_redis_error_kinds(
     def delta(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
         return after.get((name, labels), 0) - before.get((name, labels), 0)
 
-    for kind in ("response", "timeout", "connection", "other"):
+    for kind in ("response", "timeout", "connection", "pool", "other"):
         assert delta("feedback_redis_errors_total", (("kind", kind),)) == 1, kind
     assert delta("feedback_redis_duration_seconds_count", (("op", "submit"),)) == 2
     assert delta("feedback_redis_duration_seconds_bucket", (("le", "0.0005"), ("op", "submit"))) == 1

@@ -32,7 +32,6 @@ REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 # Submissions per coalesced pipeline (the coalescer caps a pipeline at 512).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-REDIS_ERROR_KINDS = ("timeout", "connection", "oom", "noscript", "response", "other")
 
 
 class Metrics:

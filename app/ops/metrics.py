@@ -25,7 +25,8 @@ from starlette.responses import Response
 
 from app.errors import MetricsUnauthorized
 from app.ops import metrics_directory
-from app.ops.instruments import REDIS_ERROR_KINDS, Metrics
+from app.ops.instruments import Metrics
+from app.store.failures import KINDS as REDIS_ERROR_KINDS
 
 # -- the process's state and the recording functions -------------------------------------------
 
@@ -80,7 +81,7 @@ def observe_redis(op: str, seconds: float) -> None:
 
 
 def redis_error(kind: str) -> None:
-    """One failed Redis call; ``kind`` is one of ``REDIS_ERROR_KINDS`` (see ``error_kind``)."""
+    """One failed Redis call; ``kind`` is what ``app.store.failures.error_kind`` said of it."""
     m = _metrics
     if m is None:
         return
@@ -88,29 +89,6 @@ def redis_error(kind: str) -> None:
     if counter is None:
         counter = m._redis_errors[kind] = m.redis_errors.labels(kind if kind in REDIS_ERROR_KINDS else "other")
     counter.inc()
-
-
-def error_kind(err: BaseException) -> str:
-    """The bounded label for a redis-py exception."""
-    from redis.exceptions import (
-        ConnectionError,
-        NoScriptError,
-        OutOfMemoryError,
-        ResponseError,
-        TimeoutError,
-    )
-
-    if isinstance(err, TimeoutError):
-        return "timeout"
-    if isinstance(err, ConnectionError):
-        return "connection"
-    if isinstance(err, OutOfMemoryError) or str(err).startswith("OOM"):
-        return "oom"
-    if isinstance(err, NoScriptError):
-        return "noscript"
-    if isinstance(err, ResponseError):
-        return "response"
-    return "other"
 
 
 def observe_submit_batch(size: int) -> None:

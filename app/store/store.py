@@ -34,7 +34,7 @@ from app.store.connect import (
     max_shards_used,
     retry_once,
 )
-from app.store.failures import as_connection_error, unavailable
+from app.store.failures import as_connection_error, error_kind, unavailable
 from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
 from app.store.results import Peek, RunFull, StoredToken, SubmitReply, UseState
 
@@ -60,13 +60,13 @@ class Store:
         grace: int = 90,
         run_cap: int = 1000,
         observe: Callable[[str, float], None] | None = None,
-        on_error: Callable[[RedisError], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         """``grace``: seconds past ``exp`` during which some node may still accept a token
         (leeway + the largest clock skew promised); records live at least that long.
-        ``observe(op, seconds)``, ``on_error(err)``, ``on_batch(size)``: hooks for metrics (each
-        Redis operation's time, each failure, each coalesced pipeline's size)."""
+        ``observe(op, seconds)``, ``on_error(kind)``, ``on_batch(size)``: hooks for metrics (each
+        Redis operation's time, each failure's ``failures.error_kind``, each coalesced pipeline's size)."""
         self.url = url
         self.keyspace = keyspace
         self.cluster_mode: ClusterMode = cluster
@@ -150,7 +150,7 @@ class Store:
                 raise lost from err
         except RedisError as err:
             if self.on_error is not None:
-                self.on_error(err)
+                self.on_error(error_kind(err))
             log.warning("redis %s failed: %s: %s", what, type(err).__name__, err)
             raise unavailable(what, err, self.retry_after) from err
         finally:
