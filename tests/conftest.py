@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import httpx
 import layout
 import pytest
 from starlette.testclient import TestClient
@@ -112,23 +113,54 @@ def client(make_app: Callable[..., TestClient]) -> TestClient:
 
 @pytest.fixture
 def issue(client: TestClient) -> Callable[..., dict[str, Any]]:
-    """Issue one token (extra fields go into the request body) and return the answer."""
+    """``issue_token`` on ``client``, with ``feedback_key="user_score"`` unless a test says otherwise."""
 
     def issue_one(**fields: Any) -> dict[str, Any]:
-        body = {"run_id": str(uuid.uuid4()), "feedback_key": "user_score", **fields}
-        response = client.post(TOKENS, json=body, headers={"X-API-Key": API_KEY})
-        assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
+        return issue_token(client, **{"feedback_key": "user_score", **fields})
 
     return issue_one
 
 
-def issue_token(client: TestClient, **fields: Any) -> dict[str, Any]:
-    """Issue one token through the API (extra fields go into the request body)."""
-    body = {"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}
-    r = client.post(TOKENS, json=body, headers={"X-API-Key": API_KEY})
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+# What issue_token posts through: the app's TestClient, or httpx against a live server.
+Poster = TestClient | httpx.Client
+
+
+@overload
+def issue_token(
+    client: Poster, *, count: None = None, api_key: str | None = API_KEY, expect: int = 200, **fields: Any
+) -> dict[str, Any]: ...
+
+
+@overload
+def issue_token(
+    client: Poster, *, count: int, api_key: str | None = API_KEY, expect: int = 200, **fields: Any
+) -> list[dict[str, Any]]: ...
+
+
+def issue_token(
+    client: Poster, *, count: int | None = None, api_key: str | None = API_KEY, expect: int = 200, **fields: Any
+) -> Any:
+    """Issue a token through the API and return the parsed answer: the tests' one helper for that.
+
+    ``client``: the app's TestClient, or an ``httpx.Client(base_url=<live server>)``; either way
+    the call is ``client.post(TOKENS, ...)``. The body is a fresh ``run_id`` and
+    ``feedback_key="k"``, then ``fields``.
+
+    - ``count``: send a batch (a JSON array) of that many such bodies, each with its own
+      ``run_id`` unless ``fields`` has one; the answer is then a list.
+    - ``api_key``: the ``X-API-Key`` header (``None``: no header).
+    - ``expect``: the status the call must answer; 200 unless a test wants a refusal, whose
+      problem document is then the answer.
+    """
+
+    def one() -> dict[str, Any]:
+        return {"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}
+
+    body: Any = one() if count is None else [one() for _ in range(count)]
+    headers = {} if api_key is None else {"X-API-Key": api_key}
+    r = client.post(TOKENS, json=body, headers=headers)
+    assert r.status_code == expect, f"issuing answered {r.status_code}, not {expect}: {r.text}"
+    return r.json()
 
 
 def submit_score(client: TestClient, token: str) -> tuple[int, str | None]:

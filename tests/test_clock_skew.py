@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import httpx
 import layout
 import pytest
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, live_env, path_of
+from conftest import API_KEY, TOKENS, LiveServer, RedisServer, issue_token, live_env, path_of
 from fleet import FAKETIME_ENV, clock_offset, skewed
 from starlette.testclient import TestClient
 
@@ -71,15 +70,6 @@ class Answer:
     @property
     def code(self) -> str:
         return "accepted" if self.accepted else str(self.body.get("code", self.status))
-
-
-def issue(client: TestClient | httpx.Client, expires_at: int | None = None, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}
-    if expires_at is not None:
-        body["expires_at"] = datetime.fromtimestamp(expires_at, UTC).isoformat()
-    r = client.post(TOKENS, json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 async def bursts(
@@ -140,17 +130,18 @@ def test_skewed_nodes_at_the_expiry_edge_never_reopen_a_token(
     # Nodes differ from each other by up to twice the bound: a token the ahead node just issued
     # is not "issued in the future" for the behind node.
     with httpx.Client(base_url=ahead.url, timeout=30) as ahead_client:
-        fresh = issue(ahead_client, expires_in={"minutes": 5})
+        fresh = issue_token(ahead_client, expires_in={"minutes": 5})
     r = httpx.post(f"{behind.url}{path_of(fresh)}", json={"score": 1}, timeout=30)
     assert r.status_code == 200, r.text
 
     exp = math.floor(time.time()) + LIFETIME
+    expires_at = datetime.fromtimestamp(exp, UTC).isoformat()
     tokens: dict[str, list[tuple[str, dict[str, Any]]]] = {"main": [], "small": []}
     first: dict[str, str] = {}  # token id -> comment of the submission made before the edge
     for group, client in (("main", issuer), ("small", small_issuer)):
         for kind in ("once-used", "once-fresh", "update", "revoked"):
             for _ in range(2):
-                token = issue(client, exp, use="update" if kind == "update" else "once")
+                token = issue_token(client, expires_at=expires_at, use="update" if kind == "update" else "once")
                 if kind in ("once-used", "update"):
                     r = client.post(path_of(token), json={"score": 1, "comment": "before the edge"})
                     assert r.status_code == 200 and r.json()["duplicate"] is False, r.text

@@ -11,19 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import layout
-from conftest import API_KEY, TOKENS, RedisServer, path_of, stream_entries
+from conftest import API_KEY, TOKENS, RedisServer, issue_token, path_of, stream_entries
 from starlette.testclient import TestClient
 
 from app.clock import FrozenClock
 
 AUTH = {"X-API-Key": API_KEY}
-
-
-def issue(client: TestClient, run_id: str, expires_at: int, n: int = 1) -> list[dict[str, Any]]:
-    at = datetime.fromtimestamp(expires_at, UTC).isoformat()
-    r = client.post(TOKENS, json=[{"run_id": run_id, "feedback_key": "k", "expires_at": at}] * n, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def problem(response: Any, status: int, code: str) -> None:
@@ -34,7 +27,7 @@ def test_an_expired_token_submitted_by_id_is_410_while_its_record_exists_then_40
     client: TestClient, redis_server: RedisServer, clock: FrozenClock
 ) -> None:
     exp = int(clock.now()) + 60
-    [token] = issue(client, str(uuid.uuid4()), exp)
+    [token] = issue_token(client, count=1, expires_at=datetime.fromtimestamp(exp, UTC).isoformat())
     by_id = f"{TOKENS}/{token['id']}"
     clock.at = exp + 3600  # long expired for the node; Redis keeps the record until exp + leeway + skew
     record = layout.token_fields(redis_server.client(), token["id"])
@@ -57,7 +50,7 @@ def test_status_turns_expired_exactly_when_verification_starts_refusing(
     client = make_app(leeway=leeway)
     run = str(uuid.uuid4())
     exp = int(clock.now()) + 60
-    before, at = issue(client, run, exp, n=2)
+    before, at = issue_token(client, count=2, run_id=run, expires_at=datetime.fromtimestamp(exp, UTC).isoformat())
 
     def status(token: dict[str, Any]) -> tuple[str, str]:
         listed = {t["id"]: t["status"] for t in client.get(TOKENS, params={"run_id": run}, headers=AUTH).json()}

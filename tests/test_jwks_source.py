@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from conftest import API_KEY, TOKENS, free_port, issue_token, submit_score, token_of
+from conftest import free_port, issue_token, submit_score, token_of
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
@@ -33,8 +33,6 @@ from app.keys.jwk import key_from_jwk, public_jwk
 from app.keys.key import Key, KeyringError
 from app.keys.keyring import Keyring, KeyringDir, keyring_from_jwks
 from app.keys.source import MAX_JWKS_BYTES, JwksSource
-
-AUTH = {"X-API-Key": API_KEY}
 
 
 class JwksServer:
@@ -103,10 +101,6 @@ def refresh(client: TestClient) -> bool:
     return bool(client.portal.call(source_of(client).refresh))
 
 
-def issue(client: TestClient) -> str:
-    return token_of(issue_token(client))
-
-
 submit = submit_score
 
 
@@ -122,9 +116,8 @@ def forged(kid: str) -> str:
 
 
 def test_jwks_node_verifies_issuer_tokens_and_refuses_to_issue(client: TestClient, edge: TestClient) -> None:
-    r = edge.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    assert r.status_code == 403 and r.json()["code"] == "signing_disabled"
-    assert submit(edge, issue(client)) == (200, None)
+    assert issue_token(edge, expect=403)["code"] == "signing_disabled"
+    assert submit(edge, token_of(issue_token(client))) == (200, None)
     assert edge.get("/readyz").json()["checks"]["keys"] == {"ok": True, "signing": False}
     # It re-publishes what it verifies with: the issuer's set, nothing more.
     assert edge.get("/.well-known/jwks.json").json() == client.get("/.well-known/jwks.json").json()
@@ -133,7 +126,7 @@ def test_jwks_node_verifies_issuer_tokens_and_refuses_to_issue(client: TestClien
 def test_retired_key_leaves_the_set_and_stops_verifying(
     client: TestClient, edge: TestClient, jwks_server: JwksServer, keys_dir: Path
 ) -> None:
-    old_token, spare = issue(client), issue(client)
+    old_token, spare = token_of(issue_token(client)), token_of(issue_token(client))
     ring = KeyringDir(keys_dir)
     old = ring.load().active
     assert old is not None
@@ -153,7 +146,7 @@ def test_forged_kids_cost_the_issuer_one_request(client: TestClient, edge: TestC
     for i in range(30):
         assert submit(edge, forged(f"forged-{i}")) == (401, "token_invalid")
     assert jwks_server.hits == 2  # one refetch for the first unknown kid, then the floor holds
-    assert submit(edge, issue(client)) == (200, None)  # known kids never fetch
+    assert submit(edge, token_of(issue_token(client))) == (200, None)  # known kids never fetch
     assert jwks_server.hits == 2
 
 
@@ -223,7 +216,7 @@ SPOILERS = {
 def test_keeps_the_last_good_set_when_the_issuer_fails(
     client: TestClient, edge: TestClient, jwks_server: JwksServer, how: str
 ) -> None:
-    token = issue(client)
+    token = token_of(issue_token(client))
     source = source_of(edge)
     before = source.keyring
     good = jwks_server.body
@@ -369,12 +362,12 @@ def test_an_hs256_signing_issuer_publishes_only_its_asymmetric_keys(
 ) -> None:
     """ES256 -> HS256 with a JWKS node left behind: it keeps verifying the previous key's tokens
     and refuses every HS256 token, since the secret is never in the set."""
-    es_token = issue(client)
+    es_token = token_of(issue_token(client))
     ring = KeyringDir(keys_dir)
     hs = ring.new("HS256")
     ring.activate(hs)
     client.app.state.service.keys.reload()  # type: ignore[attr-defined]
-    hs_token = issue(client)
+    hs_token = token_of(issue_token(client))
     assert json.loads(tokens.b64decode(hs_token.split(".")[0]))["alg"] == "HS256"
     published = client.get("/.well-known/jwks.json").json()
     assert hs not in {k["kid"] for k in published["keys"]} and published["keys"]

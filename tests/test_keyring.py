@@ -8,12 +8,11 @@ import json
 import logging
 import os
 import stat
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, TOKENS, issue_token, submit_score, token_of
+from conftest import issue_token, submit_score, token_of
 from keysync import sync_public
 from starlette.testclient import TestClient
 
@@ -23,15 +22,9 @@ from app.keys.key import KeyringError
 from app.keys.keyring import KeyringDir
 from app.keys.source import DirectorySource
 
-AUTH = {"X-API-Key": API_KEY}
-
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def _issue(client: TestClient) -> str:
-    return token_of(issue_token(client))
 
 
 _submit = submit_score
@@ -226,7 +219,7 @@ def test_node_keeps_last_good_keyring_and_readyz_says_why(
     source = client.app.state.service.keys  # type: ignore[attr-defined]
     assert isinstance(source, DirectorySource)
     before = source.keyring
-    token = _issue(client)
+    token = token_of(issue_token(client))
     saved = {path: path.read_bytes() for path in keys_dir.iterdir() if path.is_file()}
     spoil, reason = BAD_KEYRINGS[bad]
     with caplog.at_level(logging.ERROR, logger="feedback_tokens.keys"):
@@ -237,7 +230,7 @@ def test_node_keeps_last_good_keyring_and_readyz_says_why(
     assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
     assert reason in caplog.records[0].getMessage()
     assert _submit(client, token) == (200, None)
-    assert _issue(client)  # still signing with the last good keyring
+    assert token_of(issue_token(client))  # still signing with the last good keyring
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert reason in ready.json()["checks"]["keys"]["detail"]
@@ -246,7 +239,7 @@ def test_node_keeps_last_good_keyring_and_readyz_says_why(
         path.write_bytes(data)
     source.reload()
     assert source.error is None and "detail" not in client.get("/readyz").json()["checks"]["keys"]
-    assert _submit(client, _issue(client)) == (200, None)
+    assert _submit(client, token_of(issue_token(client))) == (200, None)
 
 
 def test_node_starting_on_a_bad_keyring_is_not_ready(make_app: Callable[..., TestClient], tmp_path: Path) -> None:
@@ -269,9 +262,8 @@ def test_public_only_keyring_verifies_and_refuses_issuance(
         ["keyring.json", *(p.name for p in keys_dir.glob("*.pub.pem"))]
     )
     edge = make_app(keys_dir=public)
-    r = edge.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    assert r.status_code == 403 and r.json()["code"] == "signing_disabled"
-    assert _submit(edge, _issue(issuer)) == (200, None)
+    assert issue_token(edge, expect=403)["code"] == "signing_disabled"
+    assert _submit(edge, token_of(issue_token(issuer))) == (200, None)
     ready = edge.get("/readyz").json()["checks"]["keys"]
     assert ready == {"ok": True, "signing": False}
     assert edge.get("/.well-known/jwks.json").json() == issuer.get("/.well-known/jwks.json").json()
@@ -413,7 +405,7 @@ def test_a_public_only_copy_naming_an_hs256_key_is_not_loaded_and_says_why(
     assert f"key {hs} is HS256: every node that verifies its tokens needs its secret" in source.error
     ready = edge.get("/readyz").json()["checks"]["keys"]
     assert ready["ok"] is True and "a public-only copy or a JWK Set can't carry HS256 keys" in ready["detail"]
-    assert _submit(edge, _issue(issuer)) == (200, None)  # the ES256 key still verifies here
+    assert _submit(edge, token_of(issue_token(issuer))) == (200, None)  # the ES256 key still verifies here
 
 
 def test_rotation_from_es256_to_hs256_and_back_in_a_single_trust_fleet(
@@ -432,12 +424,12 @@ def test_rotation_from_es256_to_hs256_and_back_in_a_single_trust_fleet(
         return str(json.loads(tokens_b64decode(token.split(".")[0]))["alg"])
 
     es_old = ring.load().active.kid  # type: ignore[union-attr]
-    before = [_issue(one) for _ in range(2)]
+    before = [token_of(issue_token(one)) for _ in range(2)]
     hs = ring.new("HS256")
     reload()
     ring.activate(hs)
     reload()
-    during = [_issue(one) for _ in range(3)]
+    during = [token_of(issue_token(one)) for _ in range(3)]
     assert {alg(t) for t in before} == {"ES256"} and {alg(t) for t in during} == {"HS256"}
     assert _submit(two, before[0]) == (200, None)  # the previous signer still verifies
     assert _submit(two, during[0]) == (200, None)
@@ -446,7 +438,7 @@ def test_rotation_from_es256_to_hs256_and_back_in_a_single_trust_fleet(
     reload()
     ring.activate(es_new)
     reload()
-    after = _issue(two)
+    after = token_of(issue_token(two))
     assert alg(after) == "ES256"
     assert _submit(one, after) == (200, None)
     assert _submit(one, during[1]) == (200, None)  # HS256, pending again: still verifies

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import layout
 import pytest
-from conftest import API_KEY, TOKENS, token_of
+from conftest import API_KEY, TOKENS, issue_token, token_of
 
 
 @pytest.fixture
@@ -16,13 +16,6 @@ def redis_server(either_redis):  # every test here runs on one Redis and on a Re
     return either_redis
 
 AUTH = {"X-API-Key": API_KEY}
-
-
-def _issue(client, run_id, key="k", **fields):
-    body = {"run_id": run_id, "feedback_key": key, **fields}
-    r = client.post(TOKENS, json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def _list(client, run_id, **params):
@@ -36,7 +29,7 @@ def test_list_shows_each_status_oldest_first(client, clock):
     tokens = []
     for key in ("active", "used", "revoked", "expired"):
         expiry = {"minutes": 1} if key == "expired" else {"hours": 1}
-        tokens.append(_issue(client, run, key, expires_in=expiry))
+        tokens.append(issue_token(client, run_id=run, feedback_key=key, expires_in=expiry))
         clock.advance(1)
     client.post(f"{TOKENS}/{token_of(tokens[1])}", json={"score": 1})
     client.delete(f"{TOKENS}/{tokens[2]['id']}", headers=AUTH)
@@ -53,8 +46,8 @@ def test_list_shows_each_status_oldest_first(client, clock):
 
 def test_list_only_shows_that_run(client):
     run, other = str(uuid.uuid4()), str(uuid.uuid4())
-    mine = _issue(client, run)
-    _issue(client, other)
+    mine = issue_token(client, run_id=run)
+    issue_token(client, run_id=other)
     assert [t["id"] for t in _list(client, run)] == [mine["id"]]
     assert _list(client, str(uuid.uuid4())) == []
 
@@ -63,7 +56,7 @@ def test_limit_and_offset_page_through(client, clock):
     run = str(uuid.uuid4())
     ids = []
     for i in range(7):
-        ids.append(_issue(client, run, f"k{i}")["id"])
+        ids.append(issue_token(client, run_id=run, feedback_key=f"k{i}")["id"])
         clock.advance(0.01)
     assert [t["id"] for t in _list(client, run, limit=3)] == ids[:3]
     assert [t["id"] for t in _list(client, run, limit=3, offset=3)] == ids[3:6]
@@ -84,7 +77,7 @@ def test_bad_list_parameters_are_422(client, params):
 
 def test_list_and_revoke_need_the_api_key(client):
     run = str(uuid.uuid4())
-    answer = _issue(client, run)
+    answer = issue_token(client, run_id=run)
     assert client.get(TOKENS, params={"run_id": run}).json()["code"] == "unauthorized"
     r = client.delete(f"{TOKENS}/{answer['id']}", headers={"X-API-Key": "nope"})
     assert r.status_code == 401
@@ -92,7 +85,7 @@ def test_list_and_revoke_need_the_api_key(client):
 
 
 def test_revoke_unknown_is_404_and_repeat_is_204(client):
-    answer = _issue(client, str(uuid.uuid4()))
+    answer = issue_token(client)
     for path in (str(uuid.uuid4()), "not-a-uuid", token_of(answer)):
         r = client.delete(f"{TOKENS}/{path}", headers=AUTH)
         assert r.status_code == 404 and r.json()["code"] == "token_not_found"
@@ -106,7 +99,10 @@ def test_expired_tokens_leave_their_run_record(make_app, redis_server, clock):
     client = make_app(shards=1, leeway=0, max_clock_skew=0)
     run = str(uuid.uuid4())
     soon = datetime.fromtimestamp(time.time() + 2, UTC).isoformat()
-    old = [_issue(client, run, f"old{i}", expires_at=soon, expires_in=None)["id"] for i in range(3)]
+    old = [
+        issue_token(client, run_id=run, feedback_key=f"old{i}", expires_at=soon, expires_in=None)["id"]
+        for i in range(3)
+    ]
     r = redis_server.client()
     key = layout.token_fields(r, old[0])["key"]
     assert r.expiretime(key) == int(datetime.fromisoformat(soon).timestamp())
@@ -115,18 +111,18 @@ def test_expired_tokens_leave_their_run_record(make_app, redis_server, clock):
         time.sleep(0.1)
     assert not r.exists(key)  # Redis dropped the record with its tokens
     # A record that stays alive prunes the tokens that passed their deadline when next written.
-    lasting = _issue(client, run, "lasting", expires_in={"hours": 1})
-    short = _issue(client, run, "short", expires_at=datetime.fromtimestamp(time.time() + 2, UTC).isoformat(),
-                   expires_in=None)
+    lasting = issue_token(client, run_id=run, feedback_key="lasting", expires_in={"hours": 1})
+    short = issue_token(client, run_id=run, feedback_key="short",
+                        expires_at=datetime.fromtimestamp(time.time() + 2, UTC).isoformat(), expires_in=None)
     time.sleep(2.5)
     clock.advance(3)
-    new = _issue(client, run, "new")
+    new = issue_token(client, run_id=run, feedback_key="new")
     assert layout.token_fields(r, short["id"])["record"] is None
     assert [t["id"] for t in _list(client, run)] == [lasting["id"], new["id"]]
 
 
 def test_consumed_markers_live_as_long_as_any_node_may_accept_the_token(client, redis_server):
-    answer = _issue(client, str(uuid.uuid4()), expires_in={"minutes": 10})
+    answer = issue_token(client, expires_in={"minutes": 10})
     client.post(f"{TOKENS}/{token_of(answer)}", json={"score": 1})
     fields = layout.token_fields(redis_server.client(), answer["id"])
     assert fields["uses"] == 1
@@ -136,6 +132,7 @@ def test_consumed_markers_live_as_long_as_any_node_may_accept_the_token(client, 
 
 def test_list_forgets_tokens_whose_record_expired(client, redis_server):
     run = str(uuid.uuid4())
-    gone, kept = _issue(client, run, "gone"), _issue(client, run, "kept")
+    gone = issue_token(client, run_id=run, feedback_key="gone")
+    kept = issue_token(client, run_id=run, feedback_key="kept")
     redis_server.client().delete(layout.token_fields(redis_server.client(), gone["id"])["key"])  # Redis expiry
     assert [t["id"] for t in _list(client, run)] == [kept["id"]]

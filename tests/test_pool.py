@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import layout
 import pytest
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, live_env, path_of
+from conftest import TOKENS, LiveServer, RedisServer, issue_token, live_env, path_of
 
 TIMEOUT = 1.0
 POOL = 2
@@ -32,13 +31,6 @@ GUARD = 2 * TIMEOUT + 8
 @pytest.fixture
 def keys_dir(shared_keys: Path) -> Path:
     return shared_keys
-
-
-def issue(live: LiveServer, n: int) -> list[dict[str, Any]]:
-    body = [{"run_id": str(uuid.uuid4()), "feedback_key": "k"} for _ in range(n)]
-    r = httpx.post(f"{live.url}{TOKENS}", json=body, headers={"X-API-Key": API_KEY}, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def requests_for(tokens: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -80,7 +72,8 @@ def test_an_exhausted_pool_answers_503_at_once_and_nothing_hangs(
 ) -> None:
     own = redis_factory()
     live = live_server(live_env(own, keys_dir, FEEDBACK_REDIS_POOL=str(POOL), FEEDBACK_REDIS_TIMEOUT=str(TIMEOUT)))
-    tokens = issue(live, 10)
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        tokens = issue_token(http, count=10)
     own.pause()
     try:
         results = asyncio.run(burst(live.url, requests_for(tokens)))

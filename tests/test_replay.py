@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import layout
 import pytest
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
+from conftest import API_KEY, TOKENS, LiveServer, RedisServer, issue_token, stream_entries, token_of
 
 from app.domain import tokens
 from app.keys.keyring import KeyringDir
@@ -79,12 +79,6 @@ def spellings(answer: dict[str, Any]) -> dict[str, str]:
     return variants
 
 
-def issue(client, **fields: Any) -> dict[str, Any]:
-    r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
 def used_markers(server: RedisServer) -> set[str]:
     return layout.used_tokens(server.client())
 
@@ -99,7 +93,7 @@ def es256_client(make_app, keys_dir):
 @pytest.mark.parametrize("first", ["jwt", "jwt/id", "sig-padding-==", "id-hex-uppercase", "sig-last-char-0",
                                    "jwt/id-hex"])
 def test_every_spelling_is_one_token(client, redis_server, first):
-    answer = issue(client)
+    answer = issue_token(client)
     variants = spellings(answer)
     assert len(variants) >= 20  # the unused low bits give at least three more spellings
     body = {"score": 1, "comment": "first"}
@@ -123,7 +117,7 @@ def test_every_spelling_is_one_token(client, redis_server, first):
 
 def test_ecdsa_twin_signature_is_the_same_token(es256_client, redis_server):
     client = es256_client
-    answer = issue(client)
+    answer = issue_token(client)
     jwt = token_of(answer)
     assert json.loads(tokens.b64decode(jwt.split(".")[0]))["alg"] == "ES256"
     twin = high_s_twin(jwt)
@@ -138,7 +132,7 @@ def test_ecdsa_twin_signature_is_the_same_token(es256_client, redis_server):
 
 
 def test_a_refused_submission_consumes_nothing_in_any_spelling(client, redis_server):
-    answer = issue(client, feedback_config={"type": "continuous", "min": 0, "max": 1})
+    answer = issue_token(client, feedback_config={"type": "continuous", "min": 0, "max": 1})
     for name, spelling in spellings(answer).items():
         r = client.post(f"{TOKENS}/{spelling}", json={"score": 5})
         assert r.status_code == 422, name
@@ -147,7 +141,7 @@ def test_a_refused_submission_consumes_nothing_in_any_spelling(client, redis_ser
 
 
 def test_revocation_covers_every_spelling(client, redis_server):
-    answer = issue(client)
+    answer = issue_token(client)
     assert client.delete(f"{TOKENS}/{answer['id'].upper()}", headers=AUTH).status_code == 204
     for name, spelling in spellings(answer).items():
         r = client.post(f"{TOKENS}/{spelling}", json={"score": 1})
@@ -156,7 +150,7 @@ def test_revocation_covers_every_spelling(client, redis_server):
 
 
 def test_head_never_consumes_in_any_spelling(client, redis_server):
-    answer = issue(client)
+    answer = issue_token(client)
     for spelling in spellings(answer).values():
         assert client.head(f"{TOKENS}/{spelling}", params={"score": "1"}).status_code == 200
     assert stream_entries(redis_server) == [] and used_markers(redis_server) == set()
@@ -182,13 +176,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
     finally:
         live.stop()
         own.cleanup()
-
-
-def live_issue(live: LiveServer, **fields: Any) -> dict[str, Any]:
-    r = httpx.post(f"{live.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields},
-                   headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 async def race(base: str, requests: list[tuple[str, str, dict[str, Any]]]) -> list[httpx.Response]:
@@ -220,7 +207,8 @@ def outcome(r: httpx.Response) -> str:
 
 def test_identical_racers_record_once(server):
     live, own = server
-    answer = live_issue(live)
+    with httpx.Client(base_url=live.url) as http:
+        answer = issue_token(http)
     url = urlsplit(answer["url"]).path  # as issued: <jwt>/<token id>
     responses = asyncio.run(race(live.url, [("POST", url, {"json": {"score": 1}})] * RACERS))
     counts = Counter(outcome(r) for r in responses)
@@ -232,7 +220,8 @@ def test_identical_racers_record_once(server):
 
 def test_different_racers_one_wins_the_rest_409(server):
     live, own = server
-    answer = live_issue(live)
+    with httpx.Client(base_url=live.url) as http:
+        answer = issue_token(http)
     url = f"{TOKENS}/{token_of(answer)}"
     requests = [("POST", url, {"json": {"score": i, "comment": f"racer {i}"}}) for i in range(RACERS)]
     responses = asyncio.run(race(live.url, requests))
@@ -245,7 +234,8 @@ def test_different_racers_one_wins_the_rest_409(server):
 
 def test_mixed_racers_duplicates_only_of_the_winner(server):
     live, own = server
-    answer = live_issue(live)
+    with httpx.Client(base_url=live.url) as http:
+        answer = issue_token(http)
     jwt = token_of(answer)
     same = {"score": 1, "comment": "same"}
     requests = []
@@ -270,7 +260,8 @@ def test_mixed_racers_duplicates_only_of_the_winner(server):
 
 def test_get_links_and_posts_race(server):
     live, own = server
-    answer = live_issue(live)
+    with httpx.Client(base_url=live.url) as http:
+        answer = issue_token(http)
     jwt = token_of(answer)
     requests: list[tuple[str, str, dict[str, Any]]] = []
     for i in range(RACERS):

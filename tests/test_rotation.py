@@ -14,16 +14,16 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import layout
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, live_env, token_of
+from conftest import TOKENS, LiveServer, RedisServer, issue_token, live_env, token_of
 from keysync import sync_public
 
 from app.domain import tokens
@@ -34,7 +34,6 @@ POLL = 0.5  # FEEDBACK_KEYRING_POLL on the nodes, FEEDBACK_JWKS_REFRESH on the J
 # reloads (POLL) and it refetches (POLL); a little more for a busy two-core machine.
 RELOAD = 3 * POLL
 PICKUP = 5.0  # SPEC: running nodes pick up keyring changes within 5 s
-AUTH = {"X-API-Key": API_KEY}
 
 
 @dataclass
@@ -57,11 +56,8 @@ def kid_of(token: str) -> str:
     return tokens.parse(token).kid
 
 
-def issue(client: httpx.Client, issuer: LiveServer, n: int) -> list[str]:
-    body = [{"run_id": str(uuid.uuid4()), "feedback_key": "user_score"} for _ in range(n)]
-    r = client.post(f"{issuer.url}{TOKENS}", json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return [token_of(answer) for answer in r.json()]
+def jwts(answers: list[dict[str, Any]]) -> list[str]:
+    return [token_of(answer) for answer in answers]
 
 
 def submit(node: LiveServer, token: str, name: str) -> Submission:
@@ -111,13 +107,13 @@ def test_rotation_under_load_fails_no_submission(
     nodes = {"issuer": issuer, "public-dir": dir_node, "jwks": jwks_node}
     verify_only = [dir_node, jwks_node]
 
-    session = httpx.Client(timeout=10)
     for node in verify_only:
-        r = session.post(f"{node.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-        assert r.status_code == 403 and r.json()["code"] == "signing_disabled"
+        with httpx.Client(base_url=node.url, timeout=10) as to_node:
+            assert issue_token(to_node, expect=403)["code"] == "signing_disabled"
+    session = httpx.Client(base_url=issuer.url, timeout=10)
     # Tokens of the old key kept back: some to submit while it is pending, some for after it retires.
-    pending_pool = issue(session, issuer, 30)
-    retired_pool = issue(session, issuer, 12)
+    pending_pool = jwts(issue_token(session, count=30))
+    retired_pool = jwts(issue_token(session, count=12))
     assert {kid_of(t) for t in pending_pool + retired_pool} == {old}
 
     results: list[Submission] = []
@@ -126,11 +122,11 @@ def test_rotation_under_load_fails_no_submission(
     names = list(nodes)
 
     def load() -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(base_url=issuer.url, timeout=10) as client:
             i = 0
             while not stop.is_set():
                 try:
-                    batch = issue(client, issuer, len(nodes))
+                    batch = jwts(issue_token(client, count=len(nodes)))
                 except (AssertionError, httpx.HTTPError) as err:  # counted as a failure, not lost
                     results.append(Submission("issuer (issuing)", "-", 0, repr(err)))
                     return
