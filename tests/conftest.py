@@ -13,7 +13,7 @@ with the benchmark; they are imported here so that tests keep importing them fro
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, overload
@@ -127,18 +127,36 @@ Poster = TestClient | httpx.Client
 
 @overload
 def issue_token(
-    client: Poster, *, count: None = None, api_key: str | None = API_KEY, expect: int = 200, **fields: Any
+    client: Poster,
+    *,
+    count: None = None,
+    api_key: str | None = API_KEY,
+    expect: int = 200,
+    headers: Mapping[str, str] | None = None,
+    **fields: Any,
 ) -> dict[str, Any]: ...
 
 
 @overload
 def issue_token(
-    client: Poster, *, count: int, api_key: str | None = API_KEY, expect: int = 200, **fields: Any
+    client: Poster,
+    *,
+    count: int,
+    api_key: str | None = API_KEY,
+    expect: int = 200,
+    headers: Mapping[str, str] | None = None,
+    **fields: Any,
 ) -> list[dict[str, Any]]: ...
 
 
 def issue_token(
-    client: Poster, *, count: int | None = None, api_key: str | None = API_KEY, expect: int = 200, **fields: Any
+    client: Poster,
+    *,
+    count: int | None = None,
+    api_key: str | None = API_KEY,
+    expect: int = 200,
+    headers: Mapping[str, str] | None = None,
+    **fields: Any,
 ) -> Any:
     """Issue a token through the API and return the parsed answer: the tests' one helper for that.
 
@@ -149,6 +167,7 @@ def issue_token(
     - ``count``: send a batch (a JSON array) of that many such bodies, each with its own
       ``run_id`` unless ``fields`` has one; the answer is then a list.
     - ``api_key``: the ``X-API-Key`` header (``None``: no header).
+    - ``headers``: more headers to send (an ``X-Request-ID``, say).
     - ``expect``: the status the call must answer; 200 unless a test wants a refusal, whose
       problem document is then the answer.
     """
@@ -157,8 +176,8 @@ def issue_token(
         return {"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}
 
     body: Any = one() if count is None else [one() for _ in range(count)]
-    headers = {} if api_key is None else {"X-API-Key": api_key}
-    r = client.post(TOKENS, json=body, headers=headers)
+    sent = {**({} if api_key is None else {"X-API-Key": api_key}), **(headers or {})}
+    r = client.post(TOKENS, json=body, headers=sent)
     assert r.status_code == expect, f"issuing answered {r.status_code}, not {expect}: {r.text}"
     return r.json()
 
