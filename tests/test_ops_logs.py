@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import layout
 import pytest
-from conftest import API_KEY, ROOT, TOKENS, RedisServer, issue_token, live_env, token_of
+from conftest import ROOT, TOKENS, RedisServer, issue_token, live_env, token_of
 from starlette.testclient import TestClient
 from support_ops import Served, cli_args, servers, uvicorn_args, wait_until
 
@@ -44,8 +44,8 @@ def test_json_access_lines_hold_ids_and_templates_and_no_secret(
     server = served(uvicorn_args(), live_env(redis_server, keys_dir))
     base = server.url
     secrets = [f"comment-{uuid.uuid4().hex}" for _ in range(4)]
-    body = [{"run_id": str(uuid.uuid4()), "feedback_key": "k"} for _ in range(3)]
-    answers = httpx.post(f"{base}{TOKENS}", json=body, headers={"X-API-Key": API_KEY, "X-Request-ID": "issue-1"}).json()
+    with httpx.Client(base_url=base) as http:
+        answers = issue_token(http, count=3, headers={"X-Request-ID": "issue-1"})
     first, second, third = (token_of(a) for a in answers)
     sent: dict[str, httpx.Response] = {}
 
@@ -111,8 +111,8 @@ def test_an_app_log_line_carries_the_request_id(
 ) -> None:
     own = redis_factory()
     server = served(uvicorn_args(), live_env(own, keys_dir))
-    answer = httpx.post(f"{server.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"},
-                        headers={"X-API-Key": API_KEY}).json()
+    with httpx.Client(base_url=server.url) as http:
+        answer = issue_token(http)
     own.stop()
     r = httpx.post(f"{server.url}{TOKENS}/{token_of(answer)}", json={"score": 1}, headers={"X-Request-ID": "down-1"})
     assert r.status_code == 503 and r.json()["request_id"] == "down-1"
@@ -139,7 +139,8 @@ def test_serve_writes_text_when_told(
     served: Callable[..., Served], redis_server: RedisServer, keys_dir: Path
 ) -> None:
     server = served(cli_args("serve", "--port", "{port}", "--log-format", "text"), live_env(redis_server, keys_dir))
-    token = issue_http(server.url)
+    with httpx.Client(base_url=server.url) as http:
+        token = token_of(issue_token(http))
     httpx.post(f"{server.url}{TOKENS}/{token}", json={"score": 1}, headers={"X-Request-ID": "text-1"})
     wait_until(lambda: "[text-1]" in server.output(), "the access line")
     (line,) = [line for line in server.lines() if "[text-1]" in line]
@@ -160,12 +161,6 @@ def test_make_run_logs_text_by_default(
         httpx.get(f"{server.url}/healthz", headers={"X-Request-ID": "dev-1"})
         wait_until(lambda: "[dev-1] GET /healthz 200" in server.output(), "the access line")
         server.stop()
-
-
-def issue_http(base: str) -> str:
-    r = httpx.post(f"{base}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"},
-                   headers={"X-API-Key": API_KEY})
-    return token_of(r.json())
 
 
 @pytest.mark.parametrize("given", ["a", "A" * 64, "0f3c9a1e-5b7d-4c2a-9e8f-1a2b3c4d5e6f", "trace:1/2+x=y_z.w"])
