@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import API_KEY, TOKENS, RedisServer, free_port, live_env, token_of
+from conftest import API_KEY, TOKENS, RedisServer, free_port, issue_token, live_env, token_of
 from starlette.testclient import TestClient
 from support_ops import Served, by_label, cli_args, samples, servers, uvicorn_args, wait_until, worker_of
 
@@ -35,13 +35,6 @@ SUBMIT_ROUTE = "/api/v1/feedback/tokens/{token}"
 CONTINUOUS = {"type": "continuous", "min": 0, "max": 1}
 
 
-def issue_http(base: str, n: int) -> list[dict[str, Any]]:
-    body = [{"run_id": str(uuid.uuid4()), "feedback_key": "k", "feedback_config": CONTINUOUS} for _ in range(n)]
-    r = httpx.post(f"{base}{TOKENS}", json=body, headers={"X-API-Key": API_KEY})
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
 def node_directories() -> set[str]:
     prefix = f"{metrics_directory.DIR_PREFIX}{os.getuid()}-"
     return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith(prefix)}
@@ -52,7 +45,8 @@ def test_two_workers_count_exactly_the_mix_whichever_worker_answers(
 ) -> None:
     server = served(uvicorn_args(workers=2), live_env(redis_server, keys_dir))
     base = server.url
-    answers = issue_http(base, 5)
+    with httpx.Client(base_url=base) as issuer:
+        answers = issue_token(issuer, count=5, feedback_config=CONTINUOUS)
     jwts = [token_of(a) for a in answers]
     expected: dict[str, int] = {}
     answered_by: set[str] = set()
@@ -78,7 +72,9 @@ def test_two_workers_count_exactly_the_mix_whichever_worker_answers(
     extra = 0
     while len(answered_by) < 2:
         assert extra < 40, "one worker answered every submission"
-        submit(token_of(issue_http(base, 1)[0]), {"score": 1}, "recorded")
+        with httpx.Client(base_url=base) as issuer:
+            token = token_of(issue_token(issuer, feedback_config=CONTINUOUS))
+        submit(token, {"score": 1}, "recorded")
         extra += 1
 
     scraped_by: set[str] = set()
@@ -182,8 +178,7 @@ def test_issued_revoked_and_cors_preflight_are_counted(make_app: Callable[..., T
     client = make_app()
     before = samples(client.get("/metrics").text)
     auth = {"X-API-Key": API_KEY}
-    body = [{"run_id": str(uuid.uuid4()), "feedback_key": "k"} for _ in range(3)]
-    answers = client.post(TOKENS, json=body, headers=auth).json()
+    answers = issue_token(client, count=3)
     assert client.delete(f"{TOKENS}/{answers[0]['id']}", headers=auth).status_code == 204
     assert client.delete(f"{TOKENS}/{uuid.uuid4()}", headers=auth).status_code == 404  # not counted
     preflight = client.options(f"{TOKENS}/{token_of(answers[1])}",
