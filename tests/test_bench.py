@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import API_KEY, TOKENS, RedisServer, free_port, path_of, stream_entries
+from conftest import API_KEY, RedisServer, free_port, issue_token, path_of, stream_entries
 from redis.cluster import RedisCluster
 from starlette.testclient import TestClient
 
@@ -27,14 +27,6 @@ from bench.table import Table
 from procs import LocalCluster
 
 TYPICAL = {"feedback_key": "user_score", "feedback_config": {"type": "continuous", "min": 0, "max": 1}}
-
-
-def issue_typical(client: TestClient, n: int, with_id: bool = False) -> list[dict[str, Any]]:
-    body = [{"run_id": str(uuid.uuid4()), **TYPICAL, **({"id": str(uuid.uuid4())} if with_id else {})}
-            for _ in range(n)]
-    r = client.post(TOKENS, json=body, headers={"X-API-Key": API_KEY})
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def claims(jwt: str) -> dict[str, Any]:
@@ -62,7 +54,7 @@ def verify_only(monkeypatch: pytest.MonkeyPatch, keys_dir: Path) -> Iterator[Tes
 def test_verify_only_answers_what_the_service_answers_and_records_nothing(
     client: TestClient, verify_only: TestClient, redis_server: RedisServer
 ) -> None:
-    [token] = issue_typical(client, 1)
+    [token] = issue_token(client, count=1, **TYPICAL)
     fake = verify_only.post(path_of(token), json={"score": 0.5})
     assert fake.status_code == 200, fake.text
     assert stream_entries(redis_server) == []  # nothing reached any Redis, and the token is unused:
@@ -75,7 +67,7 @@ def test_verify_only_answers_what_the_service_answers_and_records_nothing(
 
 
 def test_verify_only_still_verifies(client: TestClient, verify_only: TestClient) -> None:
-    a, b = issue_typical(client, 2)
+    a, b = issue_token(client, count=2, **TYPICAL)
     moved = path_of(a).rsplit("/", 1)[0] + "/" + b["id"]  # a's token under b's id
     assert verify_only.post(moved, json={"score": 1}).json()["code"] == "token_invalid"
     assert verify_only.post(path_of(a), json={"score": 7}).status_code == 422
@@ -85,8 +77,8 @@ def test_verify_only_still_verifies(client: TestClient, verify_only: TestClient)
 
 
 def test_url_lengths_measure_the_jwt_of_each_token(client: TestClient) -> None:
-    plain = issue_typical(client, 5)
-    with_id = issue_typical(client, 5, with_id=True)
+    plain = issue_token(client, count=5, **TYPICAL)
+    with_id = [issue_token(client, **TYPICAL, id=str(uuid.uuid4())) for _ in range(5)]  # each its own id
     for answers in (plain, with_id):
         measured = urls.lengths(answers)
         for a in answers:
