@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, TOKENS, stream_entries, token_of
+from conftest import TOKENS, issue_token, stream_entries, token_of
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -39,7 +39,6 @@ from app.keys.keyring import KeyringDir
 pytest_plugins = ["support_keys"]
 
 TYP = tokens.TOKEN_TYPE
-AUTH = {"X-API-Key": API_KEY}
 
 
 def b64(data: bytes) -> str:
@@ -108,8 +107,7 @@ def ring(shared_ring: tuple[Path, Ring]) -> Ring:
 
 @pytest.fixture
 def fx(ring: Ring, client, clock) -> Ring:
-    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
-    payload = json.loads(tokens.b64decode(token_of(answer).split(".")[1]))
+    payload = json.loads(tokens.b64decode(token_of(issue_token(client)).split(".")[1]))
     return replace(ring, payload=payload, now=clock.now())
 
 
@@ -682,8 +680,7 @@ def test_tampered_tokens_are_refused(fx, client, redis_server, name):
 
 
 def test_an_expired_token_is_410_even_by_id(fx, client, clock, redis_server):
-    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k",
-                                       "expires_in": {"minutes": 1}}, headers=AUTH).json()
+    answer = issue_token(client, expires_in={"minutes": 1})
     clock.advance(60 + 31)
     refused(client, redis_server, answer["id"], *EXPIRED)
     refused(client, redis_server, token_of(answer), *EXPIRED)
@@ -755,12 +752,6 @@ def test_length_cap_is_2000_characters(fx):
 # authorises nothing by itself.
 
 
-def issue_one(client) -> tuple[str, str]:
-    """A real token: its JWT and its id."""
-    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
-    return token_of(answer), answer["id"]
-
-
 def refused_everywhere(client, redis_server, path: str, status: int = 401, code: str = "token_invalid") -> None:
     """Every way a path is used refuses it with (status, code), and nothing is written."""
     before = snapshot(redis_server)
@@ -781,8 +772,8 @@ def refused_everywhere(client, redis_server, path: str, status: int = 401, code:
 
 
 def test_the_id_in_the_path_must_be_the_tokens_own(fx, client, redis_server):
-    jwt_a, id_a = issue_one(client)
-    jwt_b, id_b = issue_one(client)
+    a, b = issue_token(client), issue_token(client)
+    jwt_a, id_a, jwt_b, id_b = token_of(a), a["id"], token_of(b), b["id"]
     other = uuid.UUID(id_a)
     paths = {
         "a random id": f"{jwt_a}/{uuid.uuid4()}",
@@ -801,8 +792,7 @@ def test_the_id_in_the_path_must_be_the_tokens_own(fx, client, redis_server):
 
 
 def test_two_ids_are_not_a_token(client, redis_server):
-    _, id_a = issue_one(client)
-    _, id_b = issue_one(client)
+    id_a, id_b = issue_token(client)["id"], issue_token(client)["id"]
     for path in (f"{id_a}/{id_a}", f"{id_a}/{id_b}", f"{uuid.UUID(id_a).hex}/{id_a}", f"{id_a}/{uuid.uuid4()}"):
         refused_everywhere(client, redis_server, f"{TOKENS}/{path}")
     assert client.post(f"{TOKENS}/{id_a}", json={"score": 1}).status_code == 200  # the id alone: a lookup
@@ -839,8 +829,8 @@ def _tampered(fx: Ring, jwt: str, other_jwt: str) -> dict[str, str]:
 
 
 def test_a_tampered_token_under_its_real_id_is_refused(fx, client, redis_server):
-    jwt, token_id = issue_one(client)
-    other_jwt, other_id = issue_one(client)
+    answer, other = issue_token(client), issue_token(client)
+    jwt, token_id, other_jwt, other_id = token_of(answer), answer["id"], token_of(other), other["id"]
     for name, tampered in _tampered(fx, jwt, other_jwt).items():
         assert tampered != jwt, name
         refused_everywhere(client, redis_server, f"{TOKENS}/{tampered}/{token_id}")
