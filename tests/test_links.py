@@ -4,10 +4,9 @@ picker, form posts, redirects to allowed origins only, localised pages; the widg
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
-from conftest import API_KEY, TOKENS, path_of, stream_entries, token_of
+from conftest import API_KEY, TOKENS, issue_token, path_of, stream_entries, token_of
 
 from app.config import ConfigError, Settings
 
@@ -225,14 +224,9 @@ def redirecting(make_app):
     return make_app(redirect_origins=(APP, "http://localhost:8080"))
 
 
-def _issue_with(client, **fields):
-    body = {"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields}
-    return client.post(TOKENS, json=body, headers=AUTH)
-
-
 def test_success_redirects_to_an_allowed_origin(redirecting, redis_server):
     target = f"{APP}/thanks?from=feedback"
-    answer = _issue_with(redirecting, redirect_url=target).json()
+    answer = issue_token(redirecting, redirect_url=target)
     assert answer["redirect_url"] == target
     url = f"{TOKENS}/{token_of(answer)}"
     r = redirecting.get(url, params={"score": "1"}, headers=HTML, follow_redirects=False)
@@ -243,14 +237,14 @@ def test_success_redirects_to_an_allowed_origin(redirecting, redis_server):
     r = redirecting.get(url, params={"score": "0"}, headers=HTML, follow_redirects=False)
     assert r.status_code == 409 and "location" not in r.headers
     # JSON clients get JSON, never a redirect.
-    other = _issue_with(redirecting, redirect_url=target).json()
+    other = issue_token(redirecting, redirect_url=target)
     r = redirecting.get(f"{TOKENS}/{token_of(other)}", params={"score": "1"}, follow_redirects=False)
     assert r.status_code == 200 and r.json()["score"] == 1
     assert len(stream_entries(redis_server)) == 2
 
 
 def test_confirm_page_allows_its_form_to_lead_to_the_redirect(redirecting, redis_server):
-    answer = _issue_with(redirecting, redirect_url="http://localhost:8080/done", confirm=True).json()
+    answer = issue_token(redirecting, redirect_url="http://localhost:8080/done", confirm=True)
     url = f"{TOKENS}/{token_of(answer)}"
     page = redirecting.get(url, params={"score": "1"}, headers=HTML)
     assert "form-action 'self' http://localhost:8080;" in page.headers["content-security-policy"]
@@ -281,17 +275,17 @@ def test_confirm_page_allows_its_form_to_lead_to_the_redirect(redirecting, redis
     ],
 )
 def test_redirect_to_an_unlisted_origin_is_refused_at_issuance(redirecting, target):
-    r = _issue_with(redirecting, redirect_url=target)
-    _problem(r, 422, "invalid_request")
-    assert "redirect_url" in r.json()["detail"]
+    problem = issue_token(redirecting, redirect_url=target, expect=422)
+    assert problem["code"] == "invalid_request"
+    assert "redirect_url" in problem["detail"]
 
 
 def test_without_configured_origins_no_redirect_is_allowed(client):
-    _problem(_issue_with(client, redirect_url=f"{APP}/x"), 422, "invalid_request")
+    assert issue_token(client, redirect_url=f"{APP}/x", expect=422)["code"] == "invalid_request"
 
 
 def test_an_origin_removed_from_the_settings_no_longer_redirects(redirecting, make_app, redis_server):
-    answer = _issue_with(redirecting, redirect_url=f"{APP}/thanks").json()
+    answer = issue_token(redirecting, redirect_url=f"{APP}/thanks")
     stricter = make_app(redirect_origins=())  # same keys, same Redis, the operator changed their mind
     r = stricter.get(f"{TOKENS}/{token_of(answer)}", params={"score": "1"}, headers=HTML,
                      follow_redirects=False)
