@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, issue_token
 from support_cluster import cluster_port
 
 DEADLINE = 60  # seconds: a bound on each wait, never a measured assertion
@@ -160,9 +160,9 @@ def test_host_and_port_choose_where_it_listens(dev_root):
         base = f"http://127.0.0.2:{port}"
         wait_ready(proc, base)
         key = (dev_root / ".dev-api-key").read_text().strip()
-        r = httpx.post(f"{base}/api/v1/feedback/tokens", headers={"X-API-Key": key},
-                       json={"run_id": "5a0ba8b4-7a7e-4a7a-9a52-5f2d2c1a2b3c", "feedback_key": "k"})
-        assert r.status_code == 200 and r.json()["url"].startswith(f"{base}/api/v1/feedback/tokens/")
+        with httpx.Client(base_url=base) as http:
+            answer = issue_token(http, api_key=key, run_id="5a0ba8b4-7a7e-4a7a-9a52-5f2d2c1a2b3c")
+        assert answer["url"].startswith(f"{base}/api/v1/feedback/tokens/")
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
