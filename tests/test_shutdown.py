@@ -29,7 +29,6 @@ import json
 import random
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from typing import Any
 import httpx
 import layout
 import pytest
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, live_env, path_of
+from conftest import LiveServer, RedisServer, issue_token, live_env, path_of
 
 CONNECTIONS = 200
 SLOW = 10  # of CONNECTIONS
@@ -184,23 +183,13 @@ async def load(live: LiveServer, tokens: list[dict[str, Any]]) -> tuple[Tally, f
     return tally, time.monotonic() - signalled
 
 
-def issue_many(url: str, n: int) -> list[dict[str, Any]]:
-    tokens: list[dict[str, Any]] = []
-    while len(tokens) < n:
-        batch = min(100, n - len(tokens))
-        body = [{"run_id": str(uuid.uuid4()), "feedback_key": "k", "use": "many"} for _ in range(batch)]
-        r = httpx.post(f"{url}{TOKENS}", json=body, headers={"X-API-Key": API_KEY}, timeout=30)
-        assert r.status_code == 200, r.text
-        tokens += r.json()
-    return tokens
-
-
 def test_sigterm_under_load_answers_every_request_and_resets_none(
     live_server: Callable[..., LiveServer], redis_factory: Callable[..., RedisServer], keys_dir: Path
 ) -> None:
     own = redis_factory()
     live = live_server(live_env(own, keys_dir, FEEDBACK_SHUTDOWN_DRAIN=str(DRAIN)))
-    tokens = issue_many(live.url, CONNECTIONS)
+    with httpx.Client(base_url=live.url, timeout=30) as http:  # batches of 100, the most one may hold
+        tokens = [t for _ in range(CONNECTIONS // 100) for t in issue_token(http, count=100, use="many")]
     tally, took = asyncio.run(load(live, tokens))
     # uvicorn raises the signal again once it has shut down cleanly, so the exit says SIGTERM.
     assert live.proc.wait(timeout=30) == -signal.SIGTERM, live.output()
