@@ -14,10 +14,8 @@ from dataclasses import dataclass
 import httpx
 import layout
 import pytest
-from conftest import API_KEY, TOKENS, LiveServer, live_env, path_of
+from conftest import LiveServer, issue_token, live_env, path_of
 from support_cluster import ClusterServer
-
-AUTH = {"X-API-Key": API_KEY}
 
 
 def per_primary(cluster: ClusterServer) -> dict[int, tuple[int, int]]:
@@ -34,11 +32,7 @@ def test_tokens_and_submissions_spread_evenly_over_the_primaries(make_app, redis
     client = make_app(redis_url=redis_cluster.url)
     answers = []
     for _ in range(300):  # 300 runs, 10 tokens each, one request per run
-        run_id = str(uuid.uuid4())
-        body = [{"run_id": run_id, "feedback_key": f"k{i}"} for i in range(10)]
-        r = client.post(TOKENS, json=body, headers=AUTH)
-        assert r.status_code == 200, r.text
-        answers += r.json()
+        answers += issue_token(client, count=10, run_id=str(uuid.uuid4()))
     for answer in answers:
         assert client.post(path_of(answer), json={"score": 1}).status_code == 200
     spread = per_primary(redis_cluster)
@@ -125,24 +119,14 @@ class Load:
         assert all(s.status == 503 for s in failures), "a failure that was not a 503 (a reset, a hang)"
 
 
-def issue_many(url: str, n: int) -> list[dict[str, str]]:
-    answers: list[dict[str, str]] = []
-    with httpx.Client(base_url=url, timeout=10) as http:
-        for _ in range(n // 20):
-            body = [{"run_id": str(uuid.uuid4()), "feedback_key": "k"} for _ in range(20)]
-            r = http.post(TOKENS, json=body, headers=AUTH)
-            assert r.status_code == 200, r.text
-            answers += r.json()
-    return answers
-
-
 @pytest.fixture
 def cluster_node(fresh_cluster: ClusterServer, keys_dir, live_server) -> LiveServer:
     return live_server(live_env(fresh_cluster, keys_dir, FEEDBACK_REDIS_TIMEOUT="1"))  # type: ignore[arg-type]
 
 
 def test_a_primary_killed_under_load_costs_a_few_503s_and_nothing_else(fresh_cluster, cluster_node):
-    answers = issue_many(cluster_node.url, 2000)
+    with httpx.Client(base_url=cluster_node.url, timeout=10) as http:  # 100 requests: every shard gets some
+        answers = [a for _ in range(100) for a in issue_token(http, count=20)]
     load = Load(cluster_node.url, answers).start()
     time.sleep(1.5)
     victim = fresh_cluster.primaries()[1]
@@ -175,7 +159,8 @@ def shard_owners(cluster: ClusterServer) -> dict[int, int]:
 
 
 def test_a_slot_migrated_under_load_costs_nothing_but_a_few_503s(fresh_cluster, cluster_node):
-    answers = issue_many(cluster_node.url, 2000)
+    with httpx.Client(base_url=cluster_node.url, timeout=10) as http:  # 100 requests: every shard gets some
+        answers = [a for _ in range(100) for a in issue_token(http, count=20)]
     source, target = fresh_cluster.primaries()[:2]
     ids = {n.port: n.client().cluster("myid") for n in (source, target)}
     before = shard_owners(fresh_cluster)
