@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import layout
 import pytest
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, stream_entries, token_of
+from conftest import API_KEY, TOKENS, LiveServer, RedisServer, issue_token, stream_entries, token_of
 
 from app.domain import tokens
 
@@ -510,7 +510,8 @@ def raw_request(server: LiveServer, head: str, chunks: Iterator[bytes]) -> tuple
 
 def test_endless_chunked_body_is_refused_while_it_streams(live):
     live, _ = live
-    token = token_of(httpx.post(f"{live.url}{TOKENS}", json=GOOD, headers=AUTH).json())
+    with httpx.Client(base_url=live.url) as http:
+        token = token_of(issue_token(http, run_id=RUN))
     head = (f"POST {TOKENS}/{token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"1000\r\n" + b"x" * 4096 + b"\r\n"
@@ -525,7 +526,8 @@ def test_endless_chunked_body_is_refused_while_it_streams(live):
 
 def test_announced_oversize_body_is_refused_before_it_is_sent(live):
     live, _ = live
-    token = token_of(httpx.post(f"{live.url}{TOKENS}", json=GOOD, headers=AUTH).json())
+    with httpx.Client(base_url=live.url) as http:
+        token = token_of(issue_token(http, run_id=RUN))
     head = (f"POST {TOKENS}/{token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {10**12}\r\n\r\n")
     answer, sent = raw_request(live, head, iter([]))  # not one body byte
@@ -536,7 +538,8 @@ def test_link_query_over_64_kib_is_refused(live):
     # Longer than client libraries send (httpx caps URLs at 64 KiB), so over a raw socket. uvicorn
     # refuses a request line this long itself (400); the app's own 413 is the second line.
     live, own = live
-    issued = httpx.post(f"{live.url}{TOKENS}", json=GOOD, headers=AUTH).json()
+    with httpx.Client(base_url=live.url) as http:
+        issued = issue_token(http, run_id=RUN)
     token = token_of(issued)
     for accept in ("application/json", "text/html"):
         head = (f"GET {TOKENS}/{token}?score=1&utm={'x' * (64 * KIB)} HTTP/1.1\r\nHost: x\r\n"
@@ -551,7 +554,8 @@ def test_percent_encoded_paths_over_the_wire(live):
     """As a real server decodes them (once): an encoded slash separates the JWT from the id like
     a plain one; doubly encoded, it is part of the segment, which is then no token."""
     live, own = live
-    issued = httpx.post(f"{live.url}{TOKENS}", json=GOOD, headers=AUTH).json()
+    with httpx.Client(base_url=live.url) as http:
+        issued = issue_token(http, run_id=RUN)
     jwt, tid = token_of(issued), issued["id"]
 
     def post(path: str, score: int = 1) -> httpx.Response:
