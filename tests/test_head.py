@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import API_KEY, TOKENS, live_env, stream_entries, token_of
+from conftest import API_KEY, TOKENS, issue_token, live_env, stream_entries, token_of
 
 AUTH = {"X-API-Key": API_KEY}
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -151,9 +151,7 @@ def test_head_on_a_live_link_is_200_and_records_nothing(client, issue, redis_ser
 
 def test_head_follows_the_redirect_get_would_make(make_app, clock, redis_server):
     client = make_app(redirect_origins=(APP,))
-    r = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k", "redirect_url": f"{APP}/thanks"},
-                    headers=AUTH)
-    url = f"{TOKENS}/{_as_issued(r.json())}"
+    url = f"{TOKENS}/{_as_issued(issue_token(client, redirect_url=f'{APP}/thanks'))}"
     head = client.head(url, params={"score": "1"}, headers=HTML, follow_redirects=False)
     assert head.status_code == 303 and head.headers["location"] == f"{APP}/thanks"
     assert stream_entries(redis_server) == []
@@ -175,9 +173,10 @@ def test_head_sends_no_body_over_the_wire(live_server, redis_server, keys_dir):
     import httpx
 
     server = live_server(live_env(redis_server, keys_dir))
-    r = httpx.post(f"{server.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    path = httpx.URL(r.json()["url"]).path  # as issued: <jwt>/<token id>
-    assert httpx.delete(f"{server.url}{TOKENS}/{r.json()['id']}", headers=AUTH).status_code == 204
+    with httpx.Client(base_url=server.url) as http:
+        answer = issue_token(http)
+    path = httpx.URL(answer["url"]).path  # as issued: <jwt>/<token id>
+    assert httpx.delete(f"{server.url}{TOKENS}/{answer['id']}", headers=AUTH).status_code == 204
     raw = _raw_head(server.port, f"{path}?score=1")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 410 "), raw
