@@ -277,8 +277,8 @@ def info_server(redis_server, keys_dir) -> Iterator[InfoServer]:
 
 def test_access_log_never_holds_a_whole_token(info_server, redis_server):
     base = info_server.url
-    answers = [httpx.post(f"{base}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"},
-                          headers=AUTH).json() for _ in range(3)]
+    with httpx.Client(base_url=base) as http:
+        answers = [issue_token(http) for _ in range(3)]
     first, second, third = (token_of(a) for a in answers)
     httpx.post(f"{base}{TOKENS}/{first}", json={"score": 1})
     httpx.post(f"{base}{TOKENS}/{first}", json={"score": 0})  # 409
