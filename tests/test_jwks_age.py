@@ -14,7 +14,6 @@ refreshes are spread by jitter.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, live_env, path_of
+from conftest import TOKENS, LiveServer, RedisServer, issue_token, live_env, path_of
 from fleet import AppServer, Seen
 
 from app.config import ConfigError, Settings
@@ -76,10 +75,8 @@ def test_a_node_cut_off_from_its_issuer_fails_closed_then_recovers_on_one_fetch(
         redis_server, keys_dir, FEEDBACK_JWKS_URL=f"{issuer.url}{JWKS}",
         FEEDBACK_JWKS_MAX_AGE=str(MAX_AGE), FEEDBACK_JWKS_REFRESH=str(REFRESH),
     ))
-    tokens = httpx.post(
-        f"{issuer.url}{TOKENS}", headers={"X-API-Key": API_KEY}, timeout=30,
-        json=[{"run_id": str(uuid.uuid4()), "feedback_key": "k"} for _ in range(4)],
-    ).json()
+    with httpx.Client(base_url=issuer.url, timeout=30) as http:
+        tokens = issue_token(http, count=4)
     assert submit(node, path_of(tokens[0])).status_code == 200
 
     # Conditional refreshes: one full fetch, then If-None-Match and 304s; on 304s alone the node
