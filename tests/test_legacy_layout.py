@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import layout
-from conftest import API_KEY, TOKENS
+from conftest import API_KEY, TOKENS, issue_token
 
 from app.domain import tokens
 from app.domain.feedback import Submission
@@ -81,7 +81,7 @@ def test_a_run_lists_its_tokens_of_both_layouts(client, redis_server, keys_dir, 
     run_id = uuid.uuid4()
     _, used = old_token(redis_server, keys_dir, run_id, used_with=Submission(score=1), now=clock.now() - 2)
     _, fresh = old_token(redis_server, keys_dir, run_id, now=clock.now() - 1)
-    new = client.post(TOKENS, json={"run_id": str(run_id), "feedback_key": "k"}, headers=AUTH).json()
+    new = issue_token(client, run_id=str(run_id))
     listed = client.get(TOKENS, params={"run_id": str(run_id)}, headers=AUTH).json()
     assert [(t["id"], t["status"], t["uses"]) for t in listed] == [
         (str(used), "used", 1), (str(fresh), "active", 0), (new["id"], "active", 0),
