@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import API_KEY, TOKENS, live_env, stream_entries, token_of
+from conftest import API_KEY, TOKENS, issue_token, live_env, stream_entries, token_of
 
 from app.domain.tokens import b64decode
 
@@ -128,9 +128,7 @@ def test_update_still_checks_values_and_revocation(client, issue, redis_server):
 def test_concurrent_changes_the_streams_last_revision_is_the_one_reported(live_server, redis_server, keys_dir):
     server = live_server(live_env(redis_server, keys_dir), workers=2)
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        body = {"run_id": str(uuid.uuid4()), "feedback_key": "k", "use": "update",
-                "feedback_config": {"type": "continuous", "min": 0, "max": 100}}
-        answer = http.post(TOKENS, json=body, headers=AUTH).json()
+        answer = issue_token(http, use="update", feedback_config={"type": "continuous", "min": 0, "max": 100})
         url = f"{TOKENS}/{token_of(answer)}"
         start = threading.Barrier(16)
 
@@ -188,8 +186,7 @@ def test_many_with_a_cap_refuses_past_it(client, issue, redis_server):
 def test_many_cap_holds_under_concurrency(live_server, redis_server, keys_dir):
     server = live_server(live_env(redis_server, keys_dir), workers=2)
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        body = {"run_id": str(uuid.uuid4()), "feedback_key": "k", "use": "many", "max_uses": 3}
-        answer = http.post(TOKENS, json=body, headers=AUTH).json()
+        answer = issue_token(http, use="many", max_uses=3)
         url = f"{TOKENS}/{token_of(answer)}"
         start = threading.Barrier(12)
 
