@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import API_KEY, ROOT, TOKENS, free_port, token_of
+from conftest import API_KEY, ROOT, TOKENS, free_port, issue_token, token_of
 
 from app.store.connect import display_url
 
@@ -73,9 +73,10 @@ def test_redis_at_nothing_is_said_at_start_and_the_service_still_serves(serve):
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False
-    r = httpx.post(f"{server.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    assert r.status_code == 503 and "issuing tokens" in r.json()["detail"]
-    assert "submission" not in r.json()["detail"]
+    with httpx.Client(base_url=server.url) as http:
+        refused = issue_token(http, expect=503)
+    assert "issuing tokens" in refused["detail"]
+    assert "submission" not in refused["detail"]
 
 
 def test_a_redis_that_answers_is_named_without_its_password(serve, redis_factory):
@@ -105,7 +106,7 @@ def test_display_url_hides_passwords(url, shown):
 def test_every_503_names_the_operation_that_failed(make_app, redis_factory):
     own = redis_factory()
     client = make_app(redis_url=own.url)
-    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
+    answer = issue_token(client)
     own.stop()
 
     def detail(response: httpx.Response) -> str:
