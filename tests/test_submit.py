@@ -7,7 +7,7 @@ import re
 import uuid
 
 import pytest
-from conftest import API_KEY, TOKENS, stream_entries, token_of
+from conftest import API_KEY, TOKENS, issue_token, stream_entries, token_of
 
 from app.keys.keyring import KeyringDir
 
@@ -166,8 +166,7 @@ def test_revoked_token_is_410(client, issue, redis_server):
 
 def test_retired_key_tokens_are_401(make_app, keys_dir):
     client = make_app()
-    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"},
-                         headers=AUTH).json()
+    answer = issue_token(client)
     ring = KeyringDir(keys_dir)
     old = ring.load().active.kid
     ring.activate(ring.new())
@@ -279,8 +278,7 @@ def test_form_content_type_is_refused(client, issue):
 def test_redis_down_is_503_and_nothing_is_consumed(make_app, redis_factory, redis_server):
     own = redis_factory()
     client = make_app(redis_url=own.url)
-    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"},
-                         headers=AUTH).json()
+    answer = issue_token(client)
     token = token_of(answer)
     own.stop()
     r = client.post(f"{TOKENS}/{token}", json={"score": 1})
