@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import API_KEY, TOKENS, stream_entries, token_of
+from conftest import TOKENS, issue_token, stream_entries, token_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +26,6 @@ from app.errors import InvalidBody, InvalidFeedback, TokenInvalid
 from app.keys.key import Key
 from app.keys.keyring import Keyring, KeyringDir
 
-AUTH = {"X-API-Key": API_KEY}
 ISSUER = "fbt"
 # Function-scoped fixtures (the app, a flushed Redis) are shared by a test's examples on purpose.
 HTTP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -142,7 +141,7 @@ def test_mutated_tokens_verify_only_if_nothing_signed_changed(ring, data, alg):
 @HTTP
 @given(data=st.data())
 def test_mutated_tokens_are_never_used_twice(client, redis_server, data):
-    answer = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
+    answer = issue_token(client)
     original = token_of(answer)
     assert client.post(f"{TOKENS}/{original}", json={"score": 1}).status_code == 200
     for _ in range(5):
@@ -232,9 +231,7 @@ def test_link_parser_answers_4xx_or_a_submission_that_renders(params, config):
 @HTTP
 @given(raw=st.binary(max_size=200) | body_dict.map(lambda b: wire(b, True)), config=configs)
 def test_arbitrary_bodies_over_http_are_never_a_500(client, redis_server, raw, config):
-    request = {"run_id": str(uuid.uuid4()), "feedback_key": "k",
-               "feedback_config": config.to_json() if config else None}
-    answer = client.post(TOKENS, json=request, headers=AUTH).json()
+    answer = issue_token(client, feedback_config=config.to_json() if config else None)
     r = client.post(f"{TOKENS}/{token_of(answer)}", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code in (200, 400, 422), r.text
     recorded = [e for e in stream_entries(redis_server) if e["token_id"] == answer["id"]]
