@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import API_KEY, ROOT, TOKENS, free_port, token_of
+from conftest import ROOT, TOKENS, free_port, issue_token, token_of
 from standardwebhooks import Webhook
 from starlette.testclient import TestClient
 
@@ -238,7 +238,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 # -- submissions through the real app ---------------------------------------------------------------
 
-AUTH = {"X-API-Key": API_KEY}
 
 # Bodies that cover every field type (and look-alike strings) and every use policy.
 BODIES: list[dict[str, Any]] = [
@@ -285,10 +284,7 @@ def submit_mix(client: TestClient, n: int) -> dict[tuple[str, int], dict[str, An
     i = 0
     while len(expected) < n:
         use = ("once", "update", "many")[i % 3]
-        body_run = {"run_id": str(uuid.uuid4()), "feedback_key": f"key{i % 4}", "use": use}
-        issued = client.post(TOKENS, json=body_run, headers=AUTH)
-        assert issued.status_code == 200, issued.text
-        token = issued.json()
+        token = issue_token(client, feedback_key=f"key{i % 4}", use=use)
         times = {"once": 1, "update": 3, "many": 2}[use]
         for k in range(times):
             if len(expected) >= n:

@@ -9,14 +9,13 @@ group has not acknowledged.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, TOKENS, RedisServer, free_port, token_of
+from conftest import TOKENS, RedisServer, free_port, issue_token, token_of
 from delivery_helpers import (
     WEBHOOK_SECRET,
     as_record,
@@ -31,7 +30,6 @@ from app.config import Settings
 from app.store.keyspace import Keyspace
 
 pytest_plugins = ["support_delivery"]
-AUTH = {"X-API-Key": API_KEY}
 
 # One shard, so that the dead letters of these tests land beside one stream.
 STREAM = Keyspace("fbt", 1).stream(0)
@@ -84,7 +82,7 @@ def test_postgres_rows_equal_the_accepted_submissions(client, redis_server, pg_u
 
 def test_postgres_refused_values_go_to_dead_letters_alone(client, redis_server, pg_url, deliverers):
     expected = submit_mix(client, 9)
-    token = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
+    token = issue_token(client)
     bad = client.post(f"{TOKENS}/{token_of(token)}", json={"score": 1, "comment": "nul \u0000 inside"})
     assert bad.status_code == 200  # Redis keeps it; PostgreSQL text can't hold NUL
     expected |= submit_mix(client, 6)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, TOKENS, RedisServer, issue_token, token_of
+from conftest import TOKENS, RedisServer, issue_token, token_of
 from delivery_helpers import WEBHOOK_SECRET, as_record, submit_mix, wait_for
 
 from app.config import ConfigError, Retention, Settings
@@ -28,7 +27,6 @@ from app.store.entry import decode
 from app.store.keyspace import Keyspace
 
 pytest_plugins = ["support_delivery"]
-AUTH = {"X-API-Key": API_KEY}
 # One shard, so that every submission of these tests lands in one stream.
 STREAM = Keyspace("fbt", 1).stream(0)
 
@@ -172,7 +170,7 @@ def test_a_stream_deleted_and_written_again_gets_its_group_back(client, redis_se
 
 def submit(client: Any, n: int) -> None:
     for _ in range(n):
-        token = client.post(TOKENS, json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH).json()
+        token = issue_token(client)
         assert client.post(f"{TOKENS}/{token_of(token)}", json={"score": 1}).status_code == 200
 
 
