@@ -8,14 +8,13 @@ store and the 200 answer, whose shape is checked too.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, token_of
+from conftest import API_KEY, TOKENS, LiveServer, RedisServer, issue_token, token_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -63,13 +62,6 @@ def operations() -> list[tuple[str, str, GenerationMode]]:
     return cases
 
 
-def fresh_token(live: LiveServer, fields: dict[str, Any]) -> dict[str, Any]:
-    r = httpx.post(f"{live.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k", **fields},
-                   headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
 KINDS: list[dict[str, Any]] = [
     {},
     {"feedback_config": {"type": "continuous", "min": 0, "max": 1}},
@@ -96,7 +88,8 @@ def test_api_matches_its_openapi_document(api, path, method, mode):
            accept=st.sampled_from(ACCEPTS))
     def run(case: schemathesis.Case, real: int | None, accept: str) -> None:
         if "token" in (case.path_parameters or {}) and real is not None:
-            answer = fresh_token(live, KINDS[real])
+            with httpx.Client(base_url=live.url) as http:
+                answer = issue_token(http, **KINDS[real])
             case.path_parameters["token"] = answer["id"] if method == "delete" else token_of(answer)
             if "token_id" in case.path_parameters:
                 case.path_parameters["token_id"] = answer["id"]
@@ -140,7 +133,8 @@ def test_every_kind_of_answer_matches_the_document(api, scenario, form):
     """Under the URL as issued (``<jwt>/<token id>``) and the older form (``<jwt>``)."""
     live, schema = api
     name, kind, method, accept, fields = scenario
-    answer = fresh_token(live, {k: v for k, v in kind.items() if k != "revoked"})
+    with httpx.Client(base_url=live.url) as http:
+        answer = issue_token(http, **{k: v for k, v in kind.items() if k != "revoked"})
     if kind.get("revoked"):
         assert httpx.delete(f"{live.url}{TOKENS}/{answer['id']}", headers=AUTH).status_code == 204
     params = {"token": token_of(answer), **({"token_id": answer["id"]} if form == "jwt/id" else {})}
