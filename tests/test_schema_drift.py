@@ -33,7 +33,7 @@ import httpx
 import jsonschema_rs
 import pytest
 import schemathesis
-from conftest import API_KEY, TOKENS, LiveServer, RedisServer, token_of
+from conftest import API_KEY, TOKENS, LiveServer, RedisServer, issue_token, token_of
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -288,12 +288,6 @@ def requests() -> list[tuple[str, str, GenerationMode]]:
     return cases
 
 
-def fresh_token(live: LiveServer) -> dict[str, Any]:
-    r = httpx.post(f"{live.url}{TOKENS}", json={"run_id": str(uuid.uuid4()), "feedback_key": "k"}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
 def test_every_rule_the_document_cannot_state_has_a_repair():
     named = {name for node in walk(DOCUMENT) for name in node.get("x-rules", {})}
     assert named == REPAIRS
@@ -308,9 +302,9 @@ def test_a_request_that_fills_the_token_budget_is_issued(drift):
     label = request["feedback_config"]["categories"][0]
     while _carried(request) + 6 <= TOKEN_BUDGET:
         label["label"] += "\x01"  # 6 bytes as JSON, in the token too
-    r = httpx.post(f"{live.url}{TOKENS}", json=request, headers=AUTH)
-    assert r.status_code == 200, r.text
-    assert len(token_of(r.json())) <= 2000
+    with httpx.Client(base_url=live.url) as http:
+        answer = issue_token(http, **request)
+    assert len(token_of(answer)) <= 2000
 
 
 def test_stricter_bounds_name_keywords_their_schema_has():
@@ -328,7 +322,8 @@ def test_document_and_service_agree(drift, path, method, mode):
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: schemathesis.Case) -> None:
         if case.path_parameters:
-            issued = fresh_token(live)
+            with httpx.Client(base_url=live.url) as http:
+                issued = issue_token(http)
             forms = {"token": issued["id"] if method == "delete" else token_of(issued),
                      "jwt": token_of(issued), "token_id": issued["id"]}
             case.path_parameters.update({name: forms[name] for name in case.path_parameters})
