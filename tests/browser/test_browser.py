@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, ROOT, TOKENS, LiveServer, RedisServer, free_port, stream_entries, token_of
+from conftest import API_KEY, ROOT, TOKENS, LiveServer, RedisServer, free_port, issue_token, stream_entries, token_of
 
 from app.domain import tokens
 from app.domain.feedback import FeedbackConfig
@@ -87,10 +87,8 @@ class Service:
         self.http = httpx.Client(base_url=server.url, timeout=10)
 
     def issue(self, **fields: Any) -> dict[str, Any]:
-        body = {"run_id": str(uuid.uuid4()), "feedback_key": "helpful", **fields}
-        r = self.http.post(TOKENS, json=body, headers=AUTH)
-        assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
+        """``issue_token`` on this service, with ``feedback_key="helpful"`` unless a test says otherwise."""
+        return issue_token(self.http, **{"feedback_key": "helpful", **fields})
 
     def entries(self, answer: dict[str, Any]) -> list[dict[str, str]]:
         return [e for e in stream_entries(self.redis) if e["token_id"] == answer["id"]]
