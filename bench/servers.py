@@ -31,6 +31,7 @@ BARE_GRANIAN = Kind("bare-granian", "bare Starlette", "bare", server="granian")
 SUBMIT_GRANIAN = Kind("submit-granian", "submit (ES256, default)", "submit", server="granian")
 KINDS = [BARE, BARE_GRANIAN, SUBMIT, SUBMIT_GRANIAN]
 SAME_APP = {BARE_GRANIAN.name: BARE, SUBMIT_GRANIAN.name: SUBMIT}
+WINS = 1.10  # granian / uvicorn on submit, per server core, that would make granian the faster choice
 
 
 def section(t: Throughput) -> Section:
@@ -82,10 +83,12 @@ def section(t: Throughput) -> Section:
                   f"{h.p99_ms:.2f}" if h else "", f"{lo.p99_ms:.2f}" if lo else "",
                   "yes" if r.valid else "NO: " + "; ".join(r.all_problems))
     out.para("**Every round**").table(every)
+    # The question: does granian win? Only a margin beyond the bench's resolution on a
+    # shared machine (a few per cent) would be a reason to choose it for speed.
     submit = pair(t, SUBMIT_GRANIAN, SUBMIT, 1, core)
-    out.goal(f"(informational) submit on granian at least as fast as on uvicorn, per server core: "
+    out.goal(f"granian wins: submit on granian >= {WINS:.2f} x submit on uvicorn, per server core: "
              f"{submit.cell(2) if submit.values else 'not measured'}",
-             None if not submit.values or submit.stable is False else submit.median >= 1.0)
+             None if not submit.values or submit.stable is False else submit.median >= WINS)
     out.data = {"invalid": [r for r in t.rounds if not r.valid], "rounds": t.rounds}
     return out
 
