@@ -21,7 +21,8 @@ one worker or several. Servers hear signals one of two ways, and the drain holds
   them and raises the signal again, which the loop then hears as usual. That needs the signal
   blocked in every thread that exists when the lifespan starts, which in a granian worker is
   the main thread alone; a process-directed signal going to an older thread would reach the
-  loop at once, undrained (as without the drain).
+  loop at once, undrained (as without the drain). A process started meanwhile would inherit
+  the blocked mask too; the service starts none.
 
 A worker under a supervisor often gets a signal twice: from the terminal or a ``kill`` of the
 process group, and again from the supervisor passing it on. A repeat within ``SAME_SIGNAL``
