@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from app.config import ConfigError, Settings
 from app.keys.key import ALGORITHMS, DEFAULT_ALG, KeyringError
 from app.keys.keyring import KeyringDir
+from app.serving import SERVERS
 from app.store.connect import display_url
 
 
@@ -157,22 +158,16 @@ def _logging_env(log_format: str | None, no_access_log: bool = False) -> Setting
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from app import serving
     from app.ops.metrics_directory import serving_directory
 
     settings = _logging_env(args.log_format, args.no_access_log)
     with serving_directory(args.workers, settings.metrics):
-        uvicorn.run(
-            "app.main:app",
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            proxy_headers=True,
-            log_level="info",
-            log_config=None,  # ours (app.ops.logs), in this process and in each worker
-            access_log=False,  # the app writes one access line per request itself
-        )
+        try:
+            serving.run(args.server, args.host, args.port, args.workers)
+        except serving.ServerMissing as err:
+            print(f"feedback-tokens serve: {err}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -263,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--server", choices=SERVERS, default="uvicorn",
+        help="the HTTP server (default uvicorn; granian needs the [granian] extra)",
+    )
     serve.add_argument(
         "--no-access-log", action="store_true", help="no access line per request (FEEDBACK_ACCESS_LOG=0)"
     )

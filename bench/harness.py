@@ -36,10 +36,16 @@ from bench.console import log
 from bench.cpu import NOISY, Sample, Usage, usage
 from bench.load import LoadGenerators, bodies, issue
 from bench.registry import Section
-from procs import LocalCluster, ProcessGroups, RedisServer, Uvicorn, free_port
+from procs import Granian, LocalCluster, ProcessGroups, RedisServer, Uvicorn, free_port
 
 APPS = {"bare": "bench.apps:bare_app", "verify": "bench.apps:verify_app", "submit": "app.main:app"}
 SERVER_FLAGS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning")
+# granian: the settings of feedback-tokens serve --server granian (app/serving.py), no access log.
+GRANIAN_FLAGS = ("--interface", "asgi", "--loop", "uvloop", "--http", "1", "--no-ws", "--no-access-log",
+                 "--log-level", "warning")
+LAUNCHERS: dict[str, tuple[type[Uvicorn], tuple[str, ...]]] = {
+    "uvicorn": (Uvicorn, SERVER_FLAGS), "granian": (Granian, GRANIAN_FLAGS),
+}
 ALGS = ("ES256", "HS256")
 
 class Bench:
@@ -116,14 +122,16 @@ class Bench:
 
     @contextlib.contextmanager
     def serve(self, app: str, workers: int = 1, redis: str = "single", alg: str = "ES256",
-              extra_env: dict[str, str] | None = None) -> Iterator[Uvicorn]:
-        """``app`` (bare, verify or submit) under uvicorn on a free port until the block ends."""
+              extra_env: dict[str, str] | None = None, server_kind: str = "uvicorn") -> Iterator[Uvicorn]:
+        """``app`` (bare, verify or submit) under uvicorn (or granian) on a free port until the block ends."""
         self.served += 1
-        server = Uvicorn(
-            APPS[app], {**self.env(redis, alg), **(extra_env or {})}, workers=workers, flags=SERVER_FLAGS,
-            groups=self.procs, log=self.logs / f"{self.served:03d}-{app}-{workers}.log", healthy_status=None,
+        launcher, flags = LAUNCHERS[server_kind]
+        server = launcher(
+            APPS[app], {**self.env(redis, alg), **(extra_env or {})}, workers=workers, flags=flags,
+            groups=self.procs, log=self.logs / f"{self.served:03d}-{app}-{server_kind}-{workers}.log",
+            healthy_status=None,
         )
-        self.commands[f"serve {app}"] = server.command()
+        self.commands[f"serve {app}" + ("" if server_kind == "uvicorn" else f" ({server_kind})")] = server.command()
         server.start()
         try:
             yield server
@@ -141,7 +149,8 @@ class Bench:
         """Our live process groups by role: server, redis, wrk, or what they are."""
         out = {}
         for pgid, what in self.procs.groups.items():
-            out[pgid] = "server" if what.startswith("uvicorn") else "redis" if what.startswith("redis") else what
+            out[pgid] = ("server" if what.startswith(("uvicorn", "granian")) else
+                         "redis" if what.startswith("redis") else what)
         return out
 
     @contextlib.contextmanager

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from bench.harness import Bench
 
 CORE = ("bench.urls", "bench.memory", "bench.issuance", "bench.throughput")
-PLUGINS = ("bench.delivery", "bench.ops_cost")
+PLUGINS = ("bench.delivery", "bench.ops_cost", "bench.servers")
 
 
 @dataclass

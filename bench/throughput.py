@@ -42,6 +42,7 @@ class Kind:
     redis: str = "single"  # single | cluster | dead
     alg: str = "ES256"
     env: tuple[tuple[str, str], ...] = ()  # more settings for the server, e.g. (("FEEDBACK_METRICS", "0"),)
+    server: str = "uvicorn"  # or granian (bench/servers.py)
 
     @property
     def consumes(self) -> bool:
@@ -165,7 +166,7 @@ class Throughput:
         rnd = Round(kind, workers, number)
         low = workers == 1
         tag = f"{kind.name}-w{workers}-r{number}"
-        with self.bench.serve(kind.app, workers, kind.redis, kind.alg, dict(kind.env)) as server:
+        with self.bench.serve(kind.app, workers, kind.redis, kind.alg, dict(kind.env), kind.server) as server:
             if kind.consumes:
                 rate = self.estimate(kind, workers) * boost
                 warm_file, n_warm = self.fresh(server, rate, cfg.warmup, cfg.connections, f"{tag}-warm")

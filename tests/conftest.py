@@ -4,7 +4,9 @@
 - ``redis_factory``: start private Redis servers that a test may stop, restart or configure.
 - ``keys_dir``: a keyring directory with one active key of the default algorithm (ES256).
 - ``make_app`` / ``client``: the app (``create_app``) behind Starlette's TestClient, lifespan run.
-- ``live_server``: the app under uvicorn in a subprocess, for concurrency and multi-node tests.
+- ``live_server``: the app under uvicorn in a subprocess, for concurrency and multi-node tests;
+  under ``server_kind`` (uvicorn here; a module that overrides it with ``any_server`` from
+  ``support_servers`` runs under granian too).
 
 The process launchers (``RedisServer``, ``LiveServer``, ``free_port``) live in ``procs/``, shared
 with the benchmark; they are imported here so that tests keep importing them from conftest.
@@ -211,11 +213,17 @@ def stream_entries(server: RedisServer, prefix: str = "fbt") -> list[dict[str, s
 
 
 @pytest.fixture
-def live_server() -> Iterator[Callable[..., LiveServer]]:
+def server_kind() -> str:
+    """The server ``live_server`` starts the app under (procs.SERVERS)."""
+    return "uvicorn"
+
+
+@pytest.fixture
+def live_server(server_kind: str) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
     def start(env: dict[str, str], workers: int = 1, prefix: Sequence[str] = ()) -> LiveServer:
-        server = LiveServer(env, workers, prefix=prefix)
+        server = LiveServer(env, workers, prefix=prefix, server=server_kind)
         servers.append(server)
         return server
 

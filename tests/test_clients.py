@@ -15,7 +15,8 @@ from langsmith.utils import LangSmithError
 from app.client import TOKENS, Client, FeedbackTokensError, submit_target
 from app.domain.tokens import b64decode
 
-pytest_plugins = ["support_keys"]  # every test here runs on an ES256 and on an HS256 keyring
+pytest_plugins = ["support_keys", "support_servers"]  # every test here runs on an ES256 and on an HS256 keyring,
+# under uvicorn and under granian
 
 
 @pytest.fixture
@@ -26,6 +27,11 @@ def redis_server(either_redis):  # every test here runs on one Redis and on a Re
 @pytest.fixture
 def keys_dir(signing_keys):
     return signing_keys  # no test here changes the keyring
+
+
+@pytest.fixture
+def server_kind(any_server):
+    return any_server  # live_server starts the app under uvicorn, then under granian
 
 
 @pytest.fixture

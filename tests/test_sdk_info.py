@@ -18,7 +18,7 @@ import httpx
 import pytest
 from conftest import API_KEY, live_env, stream_entries
 
-pytest_plugins = ["support_js"]
+pytest_plugins = ["support_js", "support_servers"]  # every test under uvicorn and under granian
 
 PY_CLIENT = """
 import sys, uuid
@@ -54,6 +54,11 @@ console.log(JSON.stringify({ token, listed, info, runId, tokenMethods }));
 def sdk_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGSMITH_", "LANGCHAIN_"))}
     return {**env, **extra}
+
+
+@pytest.fixture
+def server_kind(any_server):
+    return any_server  # live_server starts the app under uvicorn, then under granian
 
 
 @pytest.fixture

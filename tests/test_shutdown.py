@@ -1,7 +1,7 @@
 """SIGTERM under load (issue 9): every request the node has read is answered, nothing is reset,
 and what was answered is exactly what the store holds.
 
-A node (uvicorn, FEEDBACK_SHUTDOWN_DRAIN seconds of drain) serves 200 keep-alive connections,
+A node (FEEDBACK_SHUTDOWN_DRAIN seconds of drain) serves 200 keep-alive connections,
 each submitting to a ``many`` token of its own as fast as it is answered. A balancer polls
 ``/readyz`` and, once it answers 503, no client opens a new connection to the node (as a load
 balancer takes it out of rotation); open connections carry on until an answer says
@@ -17,6 +17,12 @@ Counted, from the client's side, on raw sockets (so nothing is retried behind ou
   sees it and reconnects; at the wrong moment it is a reset instead, which the drain prevents by
   ending every connection with an answer that says so);
 - refused: a connection attempt found no listener (after the node closed it): not a reset.
+
+The node runs under uvicorn and under granian (``feedback-tokens serve --server granian``: a
+supervisor passing the signal on to its worker, whose event loop dispatches signals itself), and
+the signal goes to the server's process (as ``docker stop`` sends it) or to its whole process
+group (as systemd does): then a granian worker gets it twice, from the group and from the
+supervisor, and must still drain.
 
 Why clients must move away first: a listener closed with connections still waiting in its accept
 queue has the kernel reset them, whatever the server does; the drain exists so that none are.
@@ -40,6 +46,8 @@ import layout
 import pytest
 from conftest import LiveServer, RedisServer, issue_token, live_env, path_of
 
+pytest_plugins = ["support_servers"]
+
 CONNECTIONS = 200
 SLOW = 10  # of CONNECTIONS
 DRAIN = 3.0  # the default
@@ -49,6 +57,11 @@ HOST = "127.0.0.1"
 @pytest.fixture
 def keys_dir(shared_keys: Path) -> Path:
     return shared_keys
+
+
+@pytest.fixture
+def server_kind(any_server: str) -> str:
+    return any_server
 
 
 @dataclass
@@ -162,7 +175,7 @@ async def watch_listener(tally: Tally, port: int) -> None:
         await asyncio.sleep(0.02)
 
 
-async def load(live: LiveServer, tokens: list[dict[str, Any]]) -> tuple[Tally, float]:
+async def load(live: LiveServer, tokens: list[dict[str, Any]], to: str) -> tuple[Tally, float]:
     tally = Tally()
     slow_sent = [asyncio.Event() for _ in range(SLOW)]
     watcher = asyncio.ensure_future(balancer(tally, live.url))
@@ -174,7 +187,10 @@ async def load(live: LiveServer, tokens: list[dict[str, Any]]) -> tuple[Tally, f
     while len({token for token, *_ in tally.answers}) < CONNECTIONS - SLOW:  # every client under way
         assert time.monotonic() < deadline, "the load never got going"
         await asyncio.sleep(0.05)
-    live.proc.send_signal(signal.SIGTERM)
+    if to == "group":
+        live.signal(signal.SIGTERM)
+    else:
+        live.proc.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     listener = asyncio.ensure_future(watch_listener(tally, live.port))
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
@@ -183,19 +199,24 @@ async def load(live: LiveServer, tokens: list[dict[str, Any]]) -> tuple[Tally, f
     return tally, time.monotonic() - signalled
 
 
+@pytest.mark.parametrize("to", ["server", "group"])
 def test_sigterm_under_load_answers_every_request_and_resets_none(
-    live_server: Callable[..., LiveServer], redis_factory: Callable[..., RedisServer], keys_dir: Path
+    live_server: Callable[..., LiveServer], redis_factory: Callable[..., RedisServer], keys_dir: Path,
+    server_kind: str, to: str,
 ) -> None:
     own = redis_factory()
     live = live_server(live_env(own, keys_dir, FEEDBACK_SHUTDOWN_DRAIN=str(DRAIN)))
     with httpx.Client(base_url=live.url, timeout=30) as http:  # batches of 100, the most one may hold
         tokens = [t for _ in range(CONNECTIONS // 100) for t in issue_token(http, count=100, use="many")]
-    tally, took = asyncio.run(load(live, tokens))
-    # uvicorn raises the signal again once it has shut down cleanly, so the exit says SIGTERM.
-    assert live.proc.wait(timeout=30) == -signal.SIGTERM, live.output()
+    tally, took = asyncio.run(load(live, tokens, to))
+    # uvicorn raises the signal again once it has shut down cleanly, so the exit says SIGTERM;
+    # granian's supervisor exits 0 once its workers have.
+    expected = -signal.SIGTERM if server_kind == "uvicorn" else 0
+    assert live.proc.wait(timeout=30) == expected, live.output()
 
     statuses = Counter(status for _, status, _, _ in tally.answers)
-    print(f"SIGTERM under {CONNECTIONS} connections: {len(tally.answers)} answered {dict(statuses)}, "
+    print(f"{server_kind}, SIGTERM to the {to} under {CONNECTIONS} connections: {len(tally.answers)} answered "
+          f"{dict(statuses)}, "
           f"{tally.closed_after_answer} closed after an answer (Connection: close), {tally.closed_idle} closed "
           f"while idle, {tally.refused} refused, "
           f"{len(tally.resets)} reset; all clients done {took:.2f} s after the signal (drain {DRAIN} s)")

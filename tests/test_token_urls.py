@@ -33,7 +33,8 @@ from langsmith.utils import LangSmithError, LangSmithUserError
 from app.domain import tokens
 from app.keys.keyring import KeyringDir
 
-pytest_plugins = ["support_js", "support_keys"]  # every SDK test runs on an ES256 and on an HS256 keyring
+pytest_plugins = ["support_js", "support_keys", "support_servers"]  # every SDK test runs on an ES256 and on an
+# HS256 keyring, under uvicorn and under granian
 
 AUTH = {"X-API-Key": API_KEY}
 CONTINUOUS = {"type": "continuous", "min": 0, "max": 1}
@@ -45,6 +46,11 @@ FRONT_END_KEYS = {"no-key": "", "wrong-key": "lsv2_pt_not-a-key-of-this-service"
 @pytest.fixture
 def keys_dir(signing_keys):
     return signing_keys  # no test here changes the keyring
+
+
+@pytest.fixture
+def server_kind(any_server):
+    return any_server  # live_server starts the app under uvicorn, then under granian
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 ``configure`` runs where the service is served (``uvicorn app.main:app``, ``feedback-tokens
 serve`` and ``dev``), never in ``create_app``: tests and embedders keep their own logging.
-It gives the root logger one handler, sends uvicorn's own lines through it, and silences
-``uvicorn.access``: the access line is ours (``access_line``, from ``app.ops.middleware``), one
-per request, with the route template instead of the path, so no token, token id or query
-string (GET links carry comments) ever reaches it.
+It gives the root logger one handler, sends uvicorn's and granian's own lines through it, and
+silences ``uvicorn.access`` and ``granian.access``: the access line is ours (``access_line``,
+from ``app.ops.middleware``), one per request, with the route template instead of the path, so
+no token, token id or query string (GET links carry comments) ever reaches it.
 
 The standard library, not structlog: the service logs one access line per request and a few
 others, so what matters is the cost of that line; a formatter over orjson writing a prebuilt
@@ -235,7 +235,7 @@ def configure(fmt: str = "json", access_log: bool = True) -> None:
     root.setLevel(logging.WARNING)  # libraries: warnings and worse (httpx logs every request at INFO)
     logging.getLogger("feedback_tokens").setLevel(logging.INFO)
     ACCESS.setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
-    for name in ("uvicorn", "uvicorn.error"):
+    for name in ("uvicorn", "uvicorn.error", "_granian"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
@@ -246,6 +246,9 @@ def configure(fmt: str = "json", access_log: bool = True) -> None:
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.handlers.clear()
     uvicorn_access.propagate = False
+    granian_access = logging.getLogger("granian.access")  # granian's, should it be turned on
+    granian_access.handlers.clear()
+    granian_access.propagate = False
     # Fields no formatter here prints; not computing them makes every record cheaper.
     logging.logThreads = False
     logging.logMultiprocessing = False

@@ -11,10 +11,11 @@ the functions it calls) and nowhere at module level. Where the directory comes f
 - ``PROMETHEUS_MULTIPROC_DIR`` set: used as it is (``feedback-tokens serve --workers N`` sets it
   to a directory of its own, made fresh at start-up and removed at exit: ``serving_directory``;
   an operator may set it too, and then owns it).
-- otherwise, in a process started by a supervisor (``uvicorn --workers N``, ``--reload``): the
-  workers derive one directory from the supervisor's pid and start time (``node_directory``), so
-  it is fresh for each supervisor run. The last worker to exit removes it (``leave``), and a
-  start-up removes those of supervisors that are gone (killed ones leave theirs behind).
+- otherwise, in a process started by a supervisor (``uvicorn --workers N``, ``--reload``, and
+  granian's workers, even one): the workers derive one directory from the supervisor's pid and
+  start time (``node_directory``), so it is fresh for each supervisor run. The last worker to
+  exit removes it (``leave``), and a start-up removes those of supervisors that are gone
+  (killed ones leave theirs behind).
 - otherwise (one process: ``uvicorn app.main:app``, ``make run``, tests): no directory, plain
   in-process metrics, plus prometheus_client's process and GC metrics.
 
