@@ -218,10 +218,16 @@ def test_answers_match_for_an_expired_token(sides, clock):
 
 
 def test_answers_match_while_draining(sides):
-    for side in sides.values():
-        side.client.app.state.readiness.drain.draining = True  # type: ignore[attr-defined]
-    run_both(sides, lambda s: (lambda p: [post(s, p), post(s, p, Origin="https://page.example")])(url_path(s.issue())))
-    assert len(sides["lean"].lean_served) == 2
+    def scenario(s: Side) -> list[Any]:
+        p, drain = url_path(s.issue()), s.client.app.state.readiness.drain  # type: ignore[attr-defined]
+        answers = [post(s, f"{TOKENS}/{UNKNOWN_ID}")]
+        drain.draining = True
+        answers += [post(s, f"{TOKENS}/{UNKNOWN_ID}"), post(s, p), post(s, p, Origin="https://page.example")]
+        drain.draining = False
+        return [*answers, post(s, p), post(s, f"{TOKENS}/{UNKNOWN_ID}", Origin="https://page.example")]
+
+    run_both(sides, scenario)
+    assert len(sides["lean"].lean_served) == 6
 
 
 def test_answers_match_when_redis_is_down_and_on_an_unexpected_error(sides, redis_server, monkeypatch):

@@ -11,7 +11,8 @@ calling the same functions:
   ``declared_over`` for the body;
 - an error's answer: the app's exception handler (``app.main.on_error``);
 - the CORS headers: ``CORSMiddleware.send`` of an instance built from the app's own CORS options;
-- the security headers and ``Connection: close`` while draining: ``app.http.middleware.secure``;
+- the security headers and ``Connection: close`` while draining: ``app.http.middleware.secure``
+  (what these two add to each kind of answer is computed by them once, then kept: ``decorate``);
 - the request id, the metrics and the access line: ``open_access``, ``echo``, ``unanswered``,
   ``record`` of ``app.ops.middleware``, with the template of the route the router would pick.
 
@@ -44,7 +45,8 @@ from app.ops.middleware import echo, open_access, record, unanswered
 
 PREFIX = "/api/v1/feedback/tokens/"
 ONE, TWO = PREFIX + "{token}", PREFIX + "{token}/{token_id}"
-_WANTED = frozenset((b"content-type", b"content-length", b"idempotency-key", b"x-request-id"))
+_WANTED = frozenset((b"content-type", b"content-length", b"idempotency-key", b"x-request-id", b"origin"))
+_KEPT = 64  # kinds of answers whose added headers are kept (status, Origin, draining, headers)
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -110,6 +112,7 @@ class LeanSubmit:
         self.access_log = access_log
         self.handler = handler
         self.handled = handled
+        self._added: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -151,12 +154,32 @@ class LeanSubmit:
         await self.submit(
             scope, receive, send, start, found.get(b"x-request-id"),
             self.two if slash else self.one, token, token_id if slash else None,
-            idempotency.decode("latin-1") if idempotency is not None else None, body,
+            idempotency.decode("latin-1") if idempotency is not None else None, body, found.get(b"origin"),
         )
+
+    async def decorate(self, scope: Scope, response: Response, origin: bytes | None) -> list[tuple[bytes, bytes]]:
+        """The answer's headers with what CORS and SecurityHeaders add to them. Those headers
+        depend only on the status, the request's Origin, whether the node drains and the
+        answer's other headers (not on the Content-Length's value); the lean path's answers are
+        few kinds, so what the two rules add to each kind is computed once, by them, and kept."""
+        raw = response.raw_headers
+        draining = self.drain.draining
+        key = (response.status_code, origin, draining, tuple(h for h in raw if h[0] != b"content-length"))
+        added = self._added.get(key)
+        if added is not None:
+            return [*raw, *added]
+        message: Message = {"type": "http.response.start", "status": response.status_code, "headers": raw}
+        await self.cors.send(message, _kept, Headers(raw=scope["headers"]))
+        secure(message, draining)
+        headers: list[tuple[bytes, bytes]] = message["headers"]
+        if headers[: len(raw)] == raw and len(self._added) < _KEPT:  # only added, nothing changed
+            self._added[key] = headers[len(raw):]
+        return headers
 
     async def submit(
         self, scope: Scope, receive: Receive, send: Send, start: float, given: bytes | None,
         route: Route, token: str, token_id: str | None, idempotency: str | None, body: bytes,
+        origin: bytes | None,
     ) -> None:
         """What Observe, SecurityHeaders, CORS, the exception handler and ``token_path`` do for
         this request, in their order."""
@@ -171,14 +194,10 @@ class LeanSubmit:
             except self.handled as exc:
                 response = await self.handler(Request(scope, receive), exc)
                 exc.__traceback__ = None  # as Starlette does for a handled exception
-            start_message: dict[str, Any] = {
-                "type": "http.response.start", "status": response.status_code, "headers": response.raw_headers,
-            }
-            await self.cors.send(start_message, _kept, Headers(raw=scope["headers"]))
-            secure(start_message, self.drain.draining)
-            start_message["headers"].append(echo(access))
+            headers = await self.decorate(scope, response, origin)
+            headers.append(echo(access))
             status = response.status_code
-            await send(start_message)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             logged = True  # counted before the client can read the end of the answer (as Observe)
             record(route.path, "POST", status, perf_counter() - start, access, self.access_log)
             await send({"type": "http.response.body", "body": response.body})
