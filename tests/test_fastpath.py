@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import API_KEY, TOKENS, token_of
 from starlette.testclient import TestClient
@@ -136,6 +137,42 @@ def run_both(pair: Pair, scenario: Callable[[Side], list[Any]], same_request_id:
     assert plain.lean_served == []
 
 
+@dataclass
+class Answer:
+    """An answer read from the app's ASGI messages, shaped as ``comparable`` reads an httpx one."""
+
+    status_code: int
+    content: bytes
+    raw: list[tuple[bytes, bytes]]
+
+    @property
+    def headers(self) -> Any:
+        return httpx.Headers(self.raw)
+
+
+def in_pieces(side: Side, path: str, pieces: list[bytes], **headers: str) -> Answer:
+    """POST a body that comes in several ``http.request`` messages (which the test client never
+    sends: it reads a streamed body whole), with a Content-Length."""
+    messages = [{"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1}
+                for i, piece in enumerate(pieces)]
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(sum(map(len, pieces))).encode()),
+           *((k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": raw, "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    assert side.client.portal is not None
+    side.client.portal.call(side.client.app, scope, receive, send)
+    return Answer(sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), list(sent[0]["headers"]))
+
+
 def post(side: Side, path: str, body: bytes | Any = b'{"score": 1}', **headers: str) -> Any:
     headers.setdefault("X-Request-ID", "compare-1")
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -167,7 +204,14 @@ SCENARIOS: dict[str, tuple[Callable[[Side], list[Any]], int]] = {
         post(s, p, {"score": "high"}), post(s, p, b'{"score": 1, "score": 2}'), post(s, p, b"{"),
         post(s, p, b"score=1", Content_Type="application/x-www-form-urlencoded"),
         post(s, p, {"score": 1}, Content_Type="application/vnd.api+json; charset=utf-8"),
+        post(s, p, {"score": 1}, Expect="100-continue"),
     ])(url_path(s.issue())), 4),
+    "a body in pieces goes to the router, with what was read of it": (lambda s: (lambda p: [
+        in_pieces(s, p, [b'{"score"', b": 1}"], x_request_id="p-1"),
+        in_pieces(s, p, [b'{"score": 1}', b""], x_request_id="p-2", origin="null"),
+        in_pieces(s, p, [b"", b'{"score": 0}'], x_request_id="p-3"),
+        in_pieces(s, p, [b'{"score": 1}'], x_request_id="p-4"),  # one piece: the lean path's
+    ])(url_path(s.issue())), 1),
     "Idempotency-Key: the same, a conflict, a bad one": (lambda s: (lambda p: [
         post(s, p, Idempotency_Key="k-1"), post(s, p, Idempotency_Key="k-1", Origin="https://page.example"),
         post(s, p, {"score": 0}, Idempotency_Key="k-1"), post(s, p, Idempotency_Key="x" * 300),

@@ -17,8 +17,9 @@ calling the same functions:
   ``record`` of ``app.ops.middleware``, with the template of the route the router would pick.
 
 Whatever is unusual goes to the Starlette app untouched: any other method or path, a form or a
-body that is not JSON, a body without a Content-Length or over the cap, a body that comes in
-more than one piece (handed on with what was read of it), an app mounted under a root path.
+body that is not JSON, a body without a Content-Length or over the cap, ``Expect:
+100-continue``, a body that comes in more than one piece (handed on with what was read of it),
+an app mounted under a root path.
 ``tests/test_fastpath.py`` compares the answers of both paths.
 """
 
@@ -45,7 +46,7 @@ from app.ops.middleware import echo, open_access, record, unanswered
 
 PREFIX = "/api/v1/feedback/tokens/"
 ONE, TWO = PREFIX + "{token}", PREFIX + "{token}/{token_id}"
-_WANTED = frozenset((b"content-type", b"content-length", b"idempotency-key", b"x-request-id", b"origin"))
+_WANTED = frozenset((b"content-type", b"content-length", b"idempotency-key", b"x-request-id", b"origin", b"expect"))
 _KEPT = 64  # kinds of answers whose added headers are kept (status, Origin, draining, headers)
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
@@ -139,6 +140,9 @@ class LeanSubmit:
             or length is None
             or not length.isdigit()
             or endpoints.declared_over(length.decode("latin-1"), feedback.BODY_CAP)
+            # The server answers "100 Continue" when the body is first asked for, which the
+            # router's path does only once the URL and Idempotency-Key checked out.
+            or b"expect" in found
         ):
             await self.app(scope, receive, send)
             return
