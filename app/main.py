@@ -23,6 +23,7 @@ from app.config import Settings
 from app.delivery.upkeep import Upkeep
 from app.errors import FeedbackTokenError, MethodNotAllowed, NotFound
 from app.http import assets, demo, endpoints, info, openapi
+from app.http.fastpath import LeanSubmit
 from app.http.middleware import BASE_HEADERS, SecurityHeaders
 from app.http.shutdown import Drain
 from app.keys.keyring import KeyringDir
@@ -140,7 +141,10 @@ def create_app(
     *,
     clock: Clock | None = None,
     keys: KeySource | None = None,
+    lean: bool = True,
 ) -> Starlette:
+    """``lean``: serve JSON submissions through the lean path (``app/http/fastpath.py``); off, the
+    same answers come through the router and the middleware (the tests compare the two)."""
     from app.domain.service import FeedbackService
 
     settings = settings or Settings.from_env()
@@ -215,28 +219,31 @@ def create_app(
             Route("/demo/token", demo.issue, methods=["POST"]),
             Route("/demo/entries", demo.entries, methods=["GET"]),
         ]
+    # Any page may submit to a token URL, without credentials (and with an Idempotency-Key,
+    # so that its resends are recognised). X-API-Key is not an allowed header, so browsers
+    # can't call the issuing endpoints cross-origin at all.
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "HEAD", "POST"],
+        allow_headers=["Content-Type", "Accept", "Accept-Language", "Idempotency-Key"],
+        allow_credentials=False,
+        max_age=600,
+    )
+    handlers = {Exception: on_error, HTTPException: on_error, FeedbackTokenError: on_error}
     middleware = [
         # Outermost: it sees every answer as sent, CORS preflights included.
         Middleware(Observe, routes=routes, access_log=settings.access_log),
         Middleware(SecurityHeaders, drain=drain),
-        # Any page may submit to a token URL, without credentials (and with an Idempotency-Key,
-        # so that its resends are recognised). X-API-Key is not an allowed header, so browsers
-        # can't call the issuing endpoints cross-origin at all.
-        Middleware(
-            CORSMiddleware,
-            allow_origins=["*"],
-            allow_methods=["GET", "HEAD", "POST"],
-            allow_headers=["Content-Type", "Accept", "Accept-Language", "Idempotency-Key"],
-            allow_credentials=False,
-            max_age=600,
-        ),
+        cors,
     ]
-    app = Starlette(
-        routes=routes,
-        middleware=middleware,
-        lifespan=lifespan,
-        exception_handlers={Exception: on_error, HTTPException: on_error, FeedbackTokenError: on_error},
-    )
+    if lean:  # in front of them all: the submit route's answers, with the same rules
+        handled = tuple(kind for kind in handlers if kind is not Exception)
+        middleware.insert(0, Middleware(
+            LeanSubmit, routes=routes, cors=cors, drain=drain, access_log=settings.access_log,
+            handler=on_error, handled=handled,
+        ))
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers=handlers)
     app.state.settings = settings
     app.state.service = FeedbackService(settings, store, keys, clock)
     app.state.readiness = Readiness(store, keys, drain)

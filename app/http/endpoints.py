@@ -43,18 +43,32 @@ def authorize(request: Request) -> None:
         raise Unauthorized("send a valid API key in the X-API-Key header")
 
 
+def media_type(content_type: str) -> str:
+    """The media type of a Content-Type header's value (``""`` when there is none)."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json(media: str) -> bool:
+    """Whether a body of this media type is read as JSON (else 415)."""
+    return media in _JSON_TYPES or media.endswith("+json")
+
+
+def declared_over(length: str | None, cap: int) -> bool:
+    """Whether a Content-Length says the body passes ``cap`` bytes (refused before reading it)."""
+    return length is not None and length.isdigit() and int(length) > cap
+
+
 async def read_body(request: Request, cap: int) -> bytes:
     """Read a JSON body, refusing it as soon as it passes ``cap`` bytes (not after reading it all)."""
     media = _media(request)
-    if media not in _JSON_TYPES and not media.endswith("+json"):
+    if not is_json(media):
         raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {media!r}")
     return await read_capped(request, cap)
 
 
 async def read_capped(request: Request, cap: int) -> bytes:
     """The body as it streams in, refused (413) the moment it passes ``cap`` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > cap:
+    if declared_over(request.headers.get("content-length"), cap):
         raise BodyTooLarge(f"the body may be at most {cap} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -110,7 +124,7 @@ def _answer_response(outcome: Any) -> Response:
 
 
 def _media(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type(request.headers.get("content-type", ""))
 
 
 def _token(request: Request) -> TokenRef:
@@ -128,14 +142,30 @@ def _token_url_path(request: Request, claims: TokenClaims) -> str:
     return f"{request.url.path}/{claims.token_id}"
 
 
-async def submit_post(request: Request) -> Response:
-    if _media(request) == _FORM:
-        return await submit_form(request)
-    ref = _token(request)
-    idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
-    submission = feedback.parse_json(await read_body(request, feedback.BODY_CAP))
-    outcome = await service(request).submit(ref, submission, idempotency_key)
+def is_form(media: str) -> bool:
+    """A POST to a token URL with this media type is a page's form (``submit_form``), else JSON."""
+    return media == _FORM
+
+
+def submit_target(token: str, token_id: str | None, idempotency: str | None) -> tuple[TokenRef, str | None]:
+    """What a JSON submission's path and Idempotency-Key header name; checked before its body."""
+    return TokenRef.parse(token, token_id), parse_idempotency_key(idempotency)
+
+
+async def submit_json(svc: FeedbackService, ref: TokenRef, idempotency_key: str | None, body: bytes) -> Response:
+    """A JSON submission once its body is read: the answer, or the error it raises."""
+    outcome = await svc.submit(ref, feedback.parse_json(body), idempotency_key)
     return _answer_response(outcome)
+
+
+async def submit_post(request: Request) -> Response:
+    """``app/http/fastpath.py`` serves most JSON submissions with the same steps, in this order."""
+    if is_form(_media(request)):
+        return await submit_form(request)
+    params, idempotency = request.path_params, request.headers.get("idempotency-key")
+    ref, idempotency_key = submit_target(params["token"], params.get("token_id"), idempotency)
+    body = await read_body(request, feedback.BODY_CAP)
+    return await submit_json(service(request), ref, idempotency_key, body)
 
 
 async def submit_form(request: Request) -> Response:

@@ -5,6 +5,10 @@ Pure ASGI and outermost of the app's middleware, so it sees every answer (CORS p
 context-variable write, a few dictionary lookups and increments, and the access line: ``bench/
 ops_cost.py`` measures it. A request that raises out of the app is answered 500 by Starlette's
 outermost handler, which ``app.main.on_error`` gives the request id header itself.
+
+The rules are functions (``open_access``, ``echo``, ``unanswered``, ``record``) that the lean
+submit path (``app/http/fastpath.py``) calls too, so both paths count and log a request the same
+way.
 """
 
 from __future__ import annotations
@@ -20,6 +24,39 @@ from app.ops import logs, metrics
 from app.ops.context import CURRENT, Access, request_id
 
 UNMATCHED = "unmatched"
+
+
+def open_access(given: bytes | None) -> Access:
+    """The request's record, with the client's ``X-Request-ID`` (``given``) or a new id, made
+    current (each request runs in a task of its own: nothing to reset)."""
+    access = Access(request_id(given))
+    CURRENT.set(access)
+    return access
+
+
+def echo(access: Access) -> tuple[bytes, bytes]:
+    """The request id header every answer ends with."""
+    return (b"x-request-id", access.request_id.encode("ascii"))
+
+
+def unanswered(access: Access) -> int:
+    """A request that raised before its answer started: Starlette's outermost handler answers it
+    with a 500 problem. Returns the status to count."""
+    access.problem = "internal_error"
+    return 500
+
+
+def record(template: str, method: str, status: int, seconds: float, access: Access, access_log: bool) -> None:
+    """Count the request (and a submission's outcome) and write its access line."""
+    m = metrics.current()
+    if m is not None:
+        m.request(template, method, status, seconds)
+        if access.submission:
+            outcome = access.outcome or access.problem
+            if outcome is not None:
+                m.submission(outcome)
+    if access_log and logs.ACCESS.isEnabledFor(logging.INFO):
+        logs.access_line(method, template, status, seconds, access)
 
 
 class Observe:
@@ -38,9 +75,8 @@ class Observe:
             if name == b"x-request-id":
                 given = value
                 break
-        access = Access(request_id(given))
-        CURRENT.set(access)  # each request runs in a task of its own: nothing to reset
-        echo = (b"x-request-id", access.request_id.encode("ascii"))
+        access = open_access(given)
+        id_header = echo(access)
         status = 0
         logged = False
 
@@ -49,7 +85,7 @@ class Observe:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # A new list: a response object may be sent more than once (cached pages).
-                message["headers"] = [*message.get("headers", ()), echo]
+                message["headers"] = [*message.get("headers", ()), id_header]
             elif message["type"] == "http.response.body" and not message.get("more_body", False) and not logged:
                 # Counted before the client can read the end of the answer, so a scrape that
                 # follows an answer always includes it.
@@ -60,8 +96,8 @@ class Observe:
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
-            if not status:  # Starlette's outermost handler answers it: a 500 problem
-                status, access.problem = 500, "internal_error"
+            if not status:
+                status = unanswered(access)
             raise
         finally:
             if not logged:
@@ -70,16 +106,7 @@ class Observe:
     def done(self, scope: Scope, access: Access, status: int, seconds: float) -> None:
         route = scope.get("route")
         template = route.path if route is not None else self.template(scope)
-        method = scope["method"]
-        m = metrics.current()
-        if m is not None:
-            m.request(template, method, status, seconds)
-            if access.submission:
-                outcome = access.outcome or access.problem
-                if outcome is not None:
-                    m.submission(outcome)
-        if self.access_log and logs.ACCESS.isEnabledFor(logging.INFO):
-            logs.access_line(method, template, status, seconds, access)
+        record(template, scope["method"], status, seconds, access, self.access_log)
 
     def template(self, scope: Scope) -> str:
         """The route template of a request the router didn't handle (a CORS preflight, a 404)."""
