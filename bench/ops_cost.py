@@ -516,7 +516,9 @@ async def tokens(app, n):
         status, body = await call(app, "POST", "/api/v1/feedback/tokens", json.dumps(batch).encode(),
                                   [(b"x-api-key", api_key.encode())])
         assert status == 200, body
-        paths += ["/api/v1/feedback/tokens/" + t["url"].rsplit("/", 1)[1] for t in json.loads(body)]
+        # The token URL's path as issued (<jwt>/<token id>): the path a link or the SDK posts to.
+        paths += ["/api/v1/feedback/tokens/" + t["url"].split("/api/v1/feedback/tokens/", 1)[1]
+                  for t in json.loads(body)]
     return paths
 
 
