@@ -45,7 +45,7 @@ test: $(STAMP)
 	tests/install-system-packages
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-## make bench: the benchmark (own Redis and cluster, own servers, wrk), about 9 minutes; writes
+## make bench: the benchmark (own Redis and cluster, own servers, wrk, the delivery, ops-cost and server measurements), about 17 minutes; writes
 ## bench/runs/<UTC time>.md. BENCH_ARGS=--quick: a 2-3 minute smoke run; BENCH_ARGS=--update-results:
 ## also rewrite the tracked bench/RESULTS.md
 bench: $(STAMP)
