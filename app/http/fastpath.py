@@ -13,8 +13,8 @@ calling the same functions:
 - the CORS headers: ``CORSMiddleware.send`` of an instance built from the app's own CORS options;
 - the security headers and ``Connection: close`` while draining: ``app.http.middleware.secure``
   (what these two add to each kind of answer is computed by them once, then kept: ``decorate``);
-- the request id, the metrics and the access line: ``open_access``, ``echo``, ``unanswered``,
-  ``record`` of ``app.ops.middleware``, with the template of the route the router would pick.
+- the request id, the metrics and the access line: ``open_access``, ``echo`` and ``Exchange`` of
+  ``app.ops.middleware``, with the template of the route the router would pick.
 
 Whatever is unusual goes to the Starlette app untouched: any other method or path, a form or a
 body that is not JSON, a body without a Content-Length or over the cap, ``Expect:
@@ -42,7 +42,7 @@ from app.http import endpoints
 from app.http.middleware import secure
 from app.http.shutdown import Drain
 from app.ops import context
-from app.ops.middleware import echo, open_access, record, unanswered
+from app.ops.middleware import Exchange, echo, open_access
 
 PREFIX = "/api/v1/feedback/tokens/"
 ONE, TWO = PREFIX + "{token}", PREFIX + "{token}/{token_id}"
@@ -187,9 +187,7 @@ class LeanSubmit:
     ) -> None:
         """What Observe, SecurityHeaders, CORS, the exception handler and ``token_path`` do for
         this request, in their order."""
-        access = open_access(given)
-        status = 0
-        logged = False
+        exchange = Exchange(open_access(given), start)
         try:
             context.note_submission()
             try:
@@ -199,16 +197,13 @@ class LeanSubmit:
                 response = await self.handler(Request(scope, receive), exc)
                 exc.__traceback__ = None  # as Starlette does for a handled exception
             headers = await self.decorate(scope, response, origin)
-            headers.append(echo(access))
-            status = response.status_code
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            logged = True  # counted before the client can read the end of the answer (as Observe)
-            record(route.path, "POST", status, perf_counter() - start, access, self.access_log)
+            headers.append(echo(exchange.access))
+            exchange.status = response.status_code
+            await send({"type": "http.response.start", "status": exchange.status, "headers": headers})
+            exchange.count(route.path, "POST", self.access_log)  # before the end of the answer, as Observe
             await send({"type": "http.response.body", "body": response.body})
         except BaseException:
-            if not status:
-                status = unanswered(access)
+            exchange.failed()
             raise
         finally:
-            if not logged:
-                record(route.path, "POST", status, perf_counter() - start, access, self.access_log)
+            exchange.count(route.path, "POST", self.access_log)

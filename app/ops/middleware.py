@@ -6,7 +6,8 @@ context-variable write, a few dictionary lookups and increments, and the access 
 ops_cost.py`` measures it. A request that raises out of the app is answered 500 by Starlette's
 outermost handler, which ``app.main.on_error`` gives the request id header itself.
 
-The rules are functions (``open_access``, ``echo``, ``unanswered``, ``record``) that the lean
+The rules are functions (``open_access``, ``echo``, ``unanswered``, ``record``, and ``Exchange``
+that counts a request once) that the lean
 submit path (``app/http/fastpath.py``) calls too, so both paths count and log a request the same
 way.
 """
@@ -59,6 +60,29 @@ def record(template: str, method: str, status: int, seconds: float, access: Acce
         logs.access_line(method, template, status, seconds, access)
 
 
+class Exchange:
+    """One request's count and access line, taken exactly once: as its answer's last part is
+    about to be sent (so a scrape that follows an answer includes it), or else when the request
+    ends; one that raised before its answer started counts as the 500 Starlette answers it with."""
+
+    __slots__ = ("access", "start", "status", "counted")
+
+    def __init__(self, access: Access, start: float) -> None:
+        self.access = access
+        self.start = start
+        self.status = 0
+        self.counted = False
+
+    def count(self, template: str, method: str, access_log: bool) -> None:
+        if not self.counted:
+            self.counted = True
+            record(template, method, self.status, perf_counter() - self.start, self.access, access_log)
+
+    def failed(self) -> None:
+        if not self.status:
+            self.status = unanswered(self.access)
+
+
 class Observe:
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = (), access_log: bool = True) -> None:
         self.app = app
@@ -75,38 +99,32 @@ class Observe:
             if name == b"x-request-id":
                 given = value
                 break
-        access = open_access(given)
-        id_header = echo(access)
-        status = 0
-        logged = False
+        exchange = Exchange(open_access(given), start)
+        id_header = echo(exchange.access)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, logged
             if message["type"] == "http.response.start":
-                status = message["status"]
+                exchange.status = message["status"]
                 # A new list: a response object may be sent more than once (cached pages).
                 message["headers"] = [*message.get("headers", ()), id_header]
-            elif message["type"] == "http.response.body" and not message.get("more_body", False) and not logged:
-                # Counted before the client can read the end of the answer, so a scrape that
-                # follows an answer always includes it.
-                logged = True
-                self.done(scope, access, status, perf_counter() - start)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.done(scope, exchange)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
-            if not status:
-                status = unanswered(access)
+            exchange.failed()
             raise
         finally:
-            if not logged:
-                self.done(scope, access, status, perf_counter() - start)
+            self.done(scope, exchange)
 
-    def done(self, scope: Scope, access: Access, status: int, seconds: float) -> None:
+    def done(self, scope: Scope, exchange: Exchange) -> None:
+        if exchange.counted:
+            return
         route = scope.get("route")
         template = route.path if route is not None else self.template(scope)
-        record(template, scope["method"], status, seconds, access, self.access_log)
+        exchange.count(template, scope["method"], self.access_log)
 
     def template(self, scope: Scope) -> str:
         """The route template of a request the router didn't handle (a CORS preflight, a 404)."""
