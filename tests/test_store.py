@@ -263,3 +263,31 @@ def test_a_connection_closed_under_a_call_is_a_503_and_a_bug_of_ours_is_not(redi
     assert isinstance(unavailable, StoreUnavailable) and unavailable.status == 503
     assert "connection" in unavailable.detail and "send the same submission again" in unavailable.detail
     assert isinstance(bug, AttributeError) and str(bug) == "a bug in this service"
+
+
+def test_a_call_with_no_node_for_its_slot_fails_alone_and_at_once(redis_server: RedisServer) -> None:
+    """Mid-failover the cluster client may know no node for a slot (``SlotNotCoveredError``, not
+    a RedisError): that call answers 503 at once, the others of its batch are recorded."""
+    from redis.exceptions import SlotNotCoveredError
+
+    good, bad = token(), token()
+
+    async def scenario(store: Store) -> list[Any]:
+        batcher = store._submit_batched
+        plain = store.redis
+        bad_record = store._place(*bad)[0]
+
+        def node_for(key: str) -> Any:
+            if key == bad_record:
+                raise SlotNotCoveredError("Slot 1234 is not covered by the cluster")
+            return plain
+
+        batcher.node_client = node_for
+        return await asyncio.wait_for(
+            asyncio.gather(submit(store, *good), submit(store, *bad), return_exceptions=True), timeout=10
+        )
+
+    ok, failed = run(redis_server, scenario)
+    assert isinstance(ok, SubmitReply) and ok.status == "ok"
+    assert isinstance(failed, StoreUnavailable) and failed.status == 503, failed
+    assert layout.feedback_count(redis_server.client()) == 1

@@ -47,7 +47,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from app.store.failures import as_connection_error
+from app.store.failures import NOT_REDIS_ERRORS, as_redis_error
 
 log = logging.getLogger("feedback_tokens.store")
 
@@ -96,7 +96,12 @@ class Batcher:
         queue, self._queue = self._queue, []
         groups: dict[int, tuple[aioredis.Redis, list[Call]]] = {}
         for call in queue:
-            node = self._client_for(call[0][0])
+            try:
+                node = self._client_for(call[0][0])
+            except Exception as err:  # no node for its slot (mid-failover): this call fails alone
+                if not call[2].done():
+                    call[2].set_exception(as_redis_error(err) or err)
+                continue
             groups.setdefault(id(node), (node, []))[1].append(call)
         for node, calls in groups.values():
             for start in range(0, len(calls), self.max_batch):
@@ -116,8 +121,8 @@ class Batcher:
                 for keys, args, _ in batch:
                     pipe.evalsha(self.script.sha, len(keys), *keys, *args)
                 return await pipe.execute(raise_on_error=False)
-        except (AttributeError, TypeError) as err:
-            if (lost := as_connection_error(err)) is None:
+        except NOT_REDIS_ERRORS as err:
+            if (lost := as_redis_error(err)) is None:
                 raise
             raise lost from err
 
@@ -153,8 +158,8 @@ class Batcher:
             except NoScriptError:
                 await self.client.script_load(self.script.script)
                 return await self.client.evalsha(self.script.sha, len(keys), *keys, *args)
-        except (AttributeError, TypeError) as err:
-            if (lost := as_connection_error(err)) is None:
+        except NOT_REDIS_ERRORS as err:
+            if (lost := as_redis_error(err)) is None:
                 raise
             raise lost from err
 

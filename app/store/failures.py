@@ -3,9 +3,10 @@
 
 redis-py reports most failures as ``RedisError`` subclasses; a connection closed under a call can
 instead surface as a transport's ``AttributeError`` / ``TypeError`` (redis-py issue 4287, seen
-here when a cluster failover replaces a node's connections). ``as_connection_error`` turns those,
-and only those (raised inside redis-py or asyncio's transport code), into the ConnectionError they
-stand for; the same error raised by this service's own code stays a bug and a 500.
+here when a cluster failover replaces a node's connections), and the cluster client's own
+``RedisClusterException`` (no node for a slot mid-failover) is not a RedisError at all.
+``as_redis_error`` turns those, and only those, into the RedisError they stand for; the same
+AttributeError raised by this service's own code stays a bug and a 500.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import os
 import traceback
 
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    ClusterDownError,
     MaxConnectionsError,
     NoScriptError,
     OutOfMemoryError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TimeoutError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.errors import StoreUnavailable
 
@@ -45,9 +48,22 @@ OPERATIONS = {
 _TRANSPORT_DIRS = (os.path.dirname(redis.__file__) + os.sep, os.path.dirname(asyncio.__file__) + os.sep)
 
 
-def as_connection_error(err: BaseException) -> RedisConnectionError | None:
-    """``err`` as the ConnectionError it stands for, if it is a closed connection's AttributeError
-    or TypeError raised inside redis-py or asyncio's transport; None for anything else."""
+# What may escape redis-py that is not a RedisError yet means Redis could not be used.
+NOT_REDIS_ERRORS = (AttributeError, TypeError, RedisClusterException)
+
+
+def as_redis_error(err: BaseException) -> RedisError | None:
+    """``err`` as the RedisError it stands for, or None if it is not one:
+
+    - a closed connection's AttributeError or TypeError raised inside redis-py or asyncio's
+      transport: a ConnectionError;
+    - redis-py's cluster client finding no node for a slot while it learns a new topology
+      (``SlotNotCoveredError`` and the other ``RedisClusterException``s, which are not
+      RedisErrors): a ClusterDownError, as Redis itself says during a failover.
+
+    The same AttributeError or TypeError raised by this service's own code stays a bug (None)."""
+    if isinstance(err, RedisClusterException):
+        return ClusterDownError(f"the cluster client has no node for this ({type(err).__name__}: {err})")
     if not isinstance(err, (AttributeError, TypeError)) or err.__traceback__ is None:
         return None
     innermost = traceback.extract_tb(err.__traceback__)[-1].filename

@@ -34,7 +34,7 @@ from app.store.connect import (
     max_shards_used,
     retry_once,
 )
-from app.store.failures import as_connection_error, error_kind, unavailable
+from app.store.failures import NOT_REDIS_ERRORS, as_redis_error, error_kind, unavailable
 from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
 from app.store.results import Peek, RunFull, StoredToken, SubmitReply, UseState
 
@@ -144,8 +144,8 @@ class Store:
         try:
             try:
                 return await fn()
-            except (AttributeError, TypeError) as err:
-                if (lost := as_connection_error(err)) is None:
+            except NOT_REDIS_ERRORS as err:
+                if (lost := as_redis_error(err)) is None:
                     raise
                 raise lost from err
         except RedisError as err:
