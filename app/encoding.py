@@ -15,3 +15,24 @@ def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj)
     except TypeError:  # orjson.JSONEncodeError: big integers, lone surrogates, unknown types
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+_BIG = float(2**63)
+
+
+def beyond_64_bits(data: Any) -> bool:
+    """Whether ``data`` (as orjson read it) holds a float at or past ±2**63: what orjson makes of
+    an integer it can't hold (it reads integers below 2**64 as integers, larger ones as floats).
+    A float written that large reads the same either way; only it and such integers are here."""
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is float:
+            if node >= _BIG or node <= -_BIG:
+                return True
+        elif kind is list:
+            stack.extend(node)
+        elif kind is dict:
+            stack.extend(node.values())
+    return False

@@ -44,20 +44,26 @@ def build_bare_app() -> Starlette:
 
 
 class NoStorageStore:
-    """Wraps the real store; ``submit`` takes the same arguments (checked against the real
-    signature, so a changed store API fails loudly here) and answers a first, accepted use."""
+    """Wraps the real store; ``submit`` takes the same arguments (the first call is checked
+    against the real signature, so a changed store API fails loudly here) and answers a first,
+    accepted use. Only the first call binds: ``inspect``'s binding costs more than a request's
+    whole parsing, and the reference must not be slower than what it stands in for."""
 
     def __init__(self, store: Any, reply: type) -> None:
         self._store = store
         self._reply = reply
-        self._signature = inspect.signature(type(store).submit)
+        self._signature: inspect.Signature | None = inspect.signature(type(store).submit)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     async def submit(self, *args: Any, **kwargs: Any) -> Any:
-        bound = self._signature.bind(self._store, *args, **kwargs)
-        return self._reply("ok", uses=1, created_ms=bound.arguments["created_ms"])
+        if self._signature is not None:
+            self._signature.bind(self._store, *args, **kwargs)
+            if "created_ms" not in kwargs:
+                raise TypeError("NoStorageStore: the service no longer passes created_ms by keyword")
+            self._signature = None
+        return self._reply("ok", uses=1, created_ms=kwargs["created_ms"])
 
 
 def build_verify_app() -> Starlette:

@@ -83,9 +83,17 @@ def encode_field(value: Any) -> str:
     """Stream fields: plain strings as they are, everything else JSON, absent as ''."""
     if value is None:
         return ""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int or kind is float:
+        return repr(value)  # what json.dumps writes for them (it refuses NaN / infinities earlier)
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _FIELD(value)
+
+
+_FIELD = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def idempotency_hash(key: str) -> str:

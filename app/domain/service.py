@@ -256,15 +256,16 @@ class FeedbackService:
             "latest": latest,
         }
 
+    @staticmethod
     def _answer(
-        self, claims: TokenClaims, submission: Submission, feedback_id: uuid.UUID, created_ms: int, uses: int
+        claims: TokenClaims, submission: Submission, feedback_id: str, run_id: str, created_at: str, uses: int
     ) -> dict[str, Any]:
         answer = {
-            "id": str(feedback_id),
-            "run_id": str(claims.run_id),
+            "id": feedback_id,
+            "run_id": run_id,
             "feedback_key": claims.feedback_key,
             **submission.to_json(),
-            "created_at": isoformat(created_ms / 1000),
+            "created_at": created_at,
         }
         if claims.use == "update":
             answer["revision"] = uses
@@ -282,7 +283,10 @@ class FeedbackService:
         if peek.verdict == "revoked":
             raise TokenRevoked("this token was revoked")
         if peek.verdict == "dup" and submission is not None:
-            answer = self._answer(claims, submission, claims.feedback_id, peek.created_ms, peek.uses)
+            answer = self._answer(
+                claims, submission, str(claims.feedback_id), str(claims.run_id), isoformat(peek.created_ms / 1000),
+                peek.uses,
+            )
             return Outcome(answer, duplicate=True, uses=peek.uses)
         if peek.verdict == "used":
             raise TokenUsed("this token was already used")
@@ -326,19 +330,24 @@ class FeedbackService:
         submission.check(claims.config)
         created_ms = int(self.clock.now() * 1000)
         attempt = base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
-        feedback_id = many_feedback_id(claims.token_id, attempt) if claims.use == "many" else claims.feedback_id
-        values = submission.to_json()
+        token_id = str(claims.token_id)
+        if claims.use == "many":
+            feedback_id = str(many_feedback_id(claims.token_id, attempt))
+        else:
+            feedback_id = token_id if claims.feedback_id == claims.token_id else str(claims.feedback_id)
+        run_id = str(claims.run_id)
+        created_at = isoformat(created_ms / 1000)
         entry: tuple[tuple[str, str], ...] = (
-            ("id", str(feedback_id)),
-            ("token_id", str(claims.token_id)),
-            ("run_id", str(claims.run_id)),
+            ("id", feedback_id),
+            ("token_id", token_id),
+            ("run_id", run_id),
             ("feedback_key", claims.feedback_key),
             ("score", encode_field(submission.score)),
             ("value", encode_field(submission.value)),
             ("comment", encode_field(submission.comment)),
             ("correction", encode_field(submission.correction)),
             ("metadata", encode_field(submission.metadata)),
-            ("created_at", isoformat(created_ms / 1000)),
+            ("created_at", created_at),
         )
         if strings := literal_strings(submission.value, submission.comment, submission.correction):
             entry += ((STRINGS, strings),)  # "5" the string, not 5 the number (app/store/entry.py)
@@ -352,15 +361,17 @@ class FeedbackService:
             deadline=claims.expires_at + self.grace,
             created_ms=created_ms,
             idempotency=idempotency_hash(idempotency_key) if idempotency_key is not None else None,
-            latest=json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()
+            latest=json.dumps(submission.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
             if claims.use == "update"
             else b"",
             entry=entry,
         )
         if reply.status in ("ok", "dup"):
             if reply.status == "dup" and claims.use == "many" and reply.attempt is not None:
-                feedback_id = many_feedback_id(claims.token_id, reply.attempt)
-            answer = self._answer(claims, submission, feedback_id, reply.created_ms, reply.uses)
+                feedback_id = str(many_feedback_id(claims.token_id, reply.attempt))
+            if reply.created_ms != created_ms:  # a duplicate: the first submission's time
+                created_at = isoformat(reply.created_ms / 1000)
+            answer = self._answer(claims, submission, feedback_id, run_id, created_at, reply.uses)
             return Outcome(answer, duplicate=reply.status == "dup", uses=reply.uses)
         if reply.status == "revoked":
             raise TokenRevoked("this token was revoked")

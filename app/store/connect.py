@@ -25,6 +25,7 @@ from redis.exceptions import ClusterDownError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.store.keyspace import MAX_SHARDS, Keyspace
+from app.store.packing import fast_packing
 
 log = logging.getLogger("feedback_tokens.store")
 
@@ -73,9 +74,9 @@ async def connect(url: str, mode: ClusterMode = "auto", timeout: float = 2.0, po
         return RedisCluster.from_url(
             url, max_connections=pool_size, retry=retry_once(ClusterDownError), **_common(timeout)
         )
-    return aioredis.Redis.from_url(
+    return fast_packing(aioredis.Redis.from_url(
         url, max_connections=pool_size, health_check_interval=30, retry=retry_once(), **_common(timeout)
-    )
+    ))
 
 
 def display_url(url: str) -> str:

@@ -36,6 +36,7 @@ from app.store.connect import (
 )
 from app.store.failures import NOT_REDIS_ERRORS, as_redis_error, error_kind, unavailable
 from app.store.keyspace import Keyspace, local_id, locate, run_hash, token_id_from
+from app.store.packing import fast_packing
 from app.store.results import Peek, RunFull, StoredToken, SubmitReply, UseState
 
 log = logging.getLogger("feedback_tokens.store")
@@ -107,7 +108,7 @@ class Store:
             raise ClusterDownError(f"no node serves the slot of {key}")
         client = self._node_clients.get(node.name)
         if client is None:
-            client = self._node_clients[node.name] = aioredis.Redis(
+            client = self._node_clients[node.name] = fast_packing(aioredis.Redis(
                 host=node.host,
                 port=int(node.port),
                 socket_timeout=self.timeout,
@@ -115,7 +116,7 @@ class Store:
                 max_connections=self.pool_size,
                 retry=retry_once(),
                 **{k: v for k, v in node.connection_kwargs.items() if k in ("username", "password", "ssl")},
-            )
+            ))
         return client
 
     async def start(self) -> None:
