@@ -105,11 +105,16 @@ class Submission:
     correction: Any = None
     metadata: dict[str, Any] | None = None
 
-    def fingerprint(self) -> str:
-        """Identical submissions (a client's retry) have identical fingerprints."""
+    def digest(self) -> bytes:
+        """Identical submissions (a client's retry) have identical digests: 16 bytes of the
+        SHA-256 of their canonical JSON. The store keeps them (a token's ``fp``)."""
         score = None if self.score is None else float(self.score)
         body = [score, self.value, self.comment, self.correction, self.metadata]
-        return hashlib.sha256(canonical(body).encode()).hexdigest()[:32]
+        return hashlib.sha256(canonical(body).encode()).digest()[:16]
+
+    def fingerprint(self) -> str:
+        """``digest`` in hex, as records written before sharding hold it."""
+        return self.digest().hex()
 
     def check(self, config: FeedbackConfig | None) -> None:
         """Validate the values against the token's config (422 ``invalid_feedback``). The parsers
@@ -187,12 +192,15 @@ def loads(raw: bytes) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _strict_loads(raw)
-    if type(data) is dict and all(type(v) in _FLAT for v in data.values()):
-        depth, members = 1, len(data)  # the usual body: one flat object
-    else:
+    flat = _flat(data)
+    if flat is None:
         depth, members = _shape_of(data)
-    if depth > MAX_DEPTH or beyond_64_bits(data):
+        if depth > MAX_DEPTH or beyond_64_bits(data):
+            return _strict_loads(raw)
+    elif flat:
         return _strict_loads(raw)
+    else:
+        members = len(data)
     if (members or b'"' in raw) and _STRINGS.sub(b"", raw).count(b":") != members:
         return _strict_loads(raw)
     return data
@@ -201,7 +209,22 @@ def loads(raw: bytes) -> Any:
 # A JSON string (orjson has checked the body is valid JSON, so every quote outside a string
 # opens one).
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_FLAT = frozenset((str, int, float, bool, type(None)))
+_BIG = float(2**63)
+
+
+def _flat(data: Any) -> bool | None:
+    """For one flat object (the usual body): whether it holds a number orjson reads otherwise
+    (``beyond_64_bits``, in one pass); None for anything else."""
+    if type(data) is not dict:
+        return None
+    for value in data.values():
+        kind = type(value)
+        if kind is float:
+            if value >= _BIG or value <= -_BIG:
+                return True
+        elif kind is dict or kind is list:
+            return None
+    return False
 
 
 def _shape_of(data: Any) -> tuple[int, int]:

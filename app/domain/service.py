@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import uuid
 from typing import Any, Literal
 
-from app.clock import Clock, isoformat
+from app.clock import Clock, iso_ms, isoformat
 from app.config import Settings
 from app.domain import issuance, policy, records, tokens
 from app.domain.feedback import Submission
@@ -276,7 +275,7 @@ class FeedbackService:
         would raise now; returns the stored outcome when it would be a duplicate, else None. The
         store's scripts decide (the same rule as recording), writing nothing; the answer may still
         change before the person confirms: ``record`` decides then."""
-        fingerprint = bytes.fromhex(submission.fingerprint()) if submission is not None else b""
+        fingerprint = submission.digest() if submission is not None else b""
         peek = await self.store.peek(
             claims.token_id, claims.run_id, use=claims.use, cap=claims.max_uses, fingerprint=fingerprint
         )
@@ -284,7 +283,7 @@ class FeedbackService:
             raise TokenRevoked("this token was revoked")
         if peek.verdict == "dup" and submission is not None:
             answer = self._answer(
-                claims, submission, str(claims.feedback_id), str(claims.run_id), isoformat(peek.created_ms / 1000),
+                claims, submission, str(claims.feedback_id), str(claims.run_id), iso_ms(peek.created_ms),
                 peek.uses,
             )
             return Outcome(answer, duplicate=True, uses=peek.uses)
@@ -329,14 +328,14 @@ class FeedbackService:
         submission across requests (the only way a resend is recognised under 'many')."""
         submission.check(claims.config)
         created_ms = int(self.clock.now() * 1000)
-        attempt = base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
+        attempt = tokens.b64encode(os.urandom(8))
         token_id = str(claims.token_id)
         if claims.use == "many":
             feedback_id = str(many_feedback_id(claims.token_id, attempt))
         else:
             feedback_id = token_id if claims.feedback_id == claims.token_id else str(claims.feedback_id)
         run_id = str(claims.run_id)
-        created_at = isoformat(created_ms / 1000)
+        created_at = iso_ms(created_ms)
         entry: tuple[tuple[str, str], ...] = (
             ("id", feedback_id),
             ("token_id", token_id),
@@ -355,7 +354,7 @@ class FeedbackService:
             claims.token_id,
             claims.run_id,
             attempt=attempt,
-            fingerprint=bytes.fromhex(submission.fingerprint()),
+            fingerprint=submission.digest(),
             use=claims.use,
             cap=claims.max_uses,
             deadline=claims.expires_at + self.grace,
@@ -370,7 +369,7 @@ class FeedbackService:
             if reply.status == "dup" and claims.use == "many" and reply.attempt is not None:
                 feedback_id = str(many_feedback_id(claims.token_id, reply.attempt))
             if reply.created_ms != created_ms:  # a duplicate: the first submission's time
-                created_at = isoformat(reply.created_ms / 1000)
+                created_at = iso_ms(reply.created_ms)
             answer = self._answer(claims, submission, feedback_id, run_id, created_at, reply.uses)
             return Outcome(answer, duplicate=reply.status == "dup", uses=reply.uses)
         if reply.status == "revoked":

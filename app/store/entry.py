@@ -53,6 +53,8 @@ def _reads_as_json(text: str) -> bool:
 def literal_strings(value: Any, comment: Any, correction: Any) -> str:
     """The ``strings`` field for a submission: '' (leave the field out) unless one of these is a
     string that its stream text would not tell from JSON or from absence."""
+    if value is None and comment is None and correction is None:
+        return ""  # a score alone: the usual submission
     names = [
         name
         for name, item in zip(_AMBIGUOUS, (value, comment, correction), strict=True)
