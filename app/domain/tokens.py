@@ -46,8 +46,13 @@ def b64encode(data: bytes) -> str:
 
 
 def b64decode(segment: str) -> bytes:
-    segment = segment.rstrip("=")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    """``base64.urlsafe_b64decode`` of the segment, its padding restored (the same steps, with
+    fewer calls: it runs four times per submission). Non-ASCII text raises a ValueError."""
+    raw = segment.encode("ascii").rstrip(b"=")
+    return binascii.a2b_base64(raw.translate(_FROM_URLSAFE) + b"=" * (-len(raw) % 4))
+
+
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def uuid_to_claim(value: uuid.UUID) -> str:
