@@ -291,3 +291,89 @@ def test_a_call_with_no_node_for_its_slot_fails_alone_and_at_once(redis_server: 
     assert isinstance(ok, SubmitReply) and ok.status == "ok"
     assert isinstance(failed, StoreUnavailable) and failed.status == 503, failed
     assert layout.feedback_count(redis_server.client()) == 1
+
+
+# Holds Redis for ``ms`` milliseconds (one script runs at a time), so a pipeline sent meanwhile
+# stays under way for as long as the test needs.
+BUSY = """local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]
+while true do
+  local n = redis.call('TIME'); if n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]) * 1000 then break end
+end
+return 1"""
+
+
+async def busy(redis_server: RedisServer, ms: int) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.eval(BUSY, 0, ms)
+    finally:
+        await client.aclose()
+
+
+async def out_while_busy(redis_server: RedisServer, store: Store, ms: int, *then: int) -> list[list[Any]]:
+    """Redis busy for ``ms``; one call sent meanwhile; then, 30 ms apart, groups of calls of the
+    given sizes. The answers of each group."""
+    hold = asyncio.ensure_future(busy(redis_server, ms))
+    await asyncio.sleep(0.02)
+    groups = [asyncio.ensure_future(asyncio.gather(submit(store, *token())))]
+    for size in then:
+        await asyncio.sleep(0.03)
+        groups.append(asyncio.ensure_future(asyncio.gather(*(submit(store, *token()) for _ in range(size)))))
+    await hold
+    return [list(r) for r in await asyncio.gather(*groups)]
+
+
+def test_calls_made_while_a_pipeline_is_out_wait_for_it_and_go_together(redis_server: RedisServer) -> None:
+    sizes: list[int] = []
+
+    async def scenario(store: Store) -> tuple[list[list[Any]], int]:
+        batcher = store._submit_batched
+        batcher.on_batch, batcher.hold = sizes.append, 10.0
+        answers = await out_while_busy(redis_server, store, 300, 4, 6)
+        return answers, len(batcher._flushes)
+
+    answers, left = run(redis_server, scenario)
+    assert [[a.status for a in group] for group in answers] == [["ok"], ["ok"] * 4, ["ok"] * 6]
+    assert sizes == [1, 10]  # the 4 and the 6 waited for the first, then went as one pipeline
+    assert left == 0 and layout.feedback_count(redis_server.client()) == 11
+
+
+def test_a_pipeline_under_way_holds_calls_back_only_briefly(redis_server: RedisServer) -> None:
+    """Redis stuck for longer than the hold: the calls made meanwhile go in their own pipeline
+    once the hold is over, not after the first comes back."""
+    sent: list[float] = []
+
+    async def scenario(store: Store) -> list[list[Any]]:
+        batcher = store._submit_batched
+        batcher.hold = 0.05
+        flush = batcher._flush
+
+        async def timed(node: Any, batch: list[Any]) -> None:
+            sent.append(time.monotonic())
+            await flush(node, batch)
+
+        batcher._flush = timed  # type: ignore[method-assign]
+        return await out_while_busy(redis_server, store, 600, 3)
+
+    started = time.monotonic()
+    answers = run(redis_server, scenario)
+    assert [[a.status for a in group] for group in answers] == [["ok"], ["ok"] * 3]
+    assert len(sent) == 2 and sent[1] - sent[0] < 0.3, [t - started for t in sent]
+
+
+def test_a_full_pipeline_is_never_held(redis_server: RedisServer) -> None:
+    sizes: list[int] = []
+
+    async def scenario(store: Store) -> tuple[list[list[Any]], int]:
+        batcher = store._submit_batched
+        batcher.on_batch, batcher.hold = sizes.append, 10.0
+        pending = asyncio.ensure_future(out_while_busy(redis_server, store, 400, 600))
+        await asyncio.sleep(0.2)  # Redis still busy: the 600 went out at once, in two pipelines
+        out = len(batcher._flushes)
+        return await pending, out
+
+    answers, out = run(redis_server, scenario)
+    assert [len(group) for group in answers] == [1, 600] and all(a.status == "ok" for a in answers[1])
+    assert out == 3 and sorted(sizes) == [1, 88, 512]

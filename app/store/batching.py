@@ -28,6 +28,7 @@ What goes wrong, and what happens then:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +54,9 @@ log = logging.getLogger("feedback_tokens.store")
 
 Call = tuple[list[Any], list[Any], "asyncio.Future[Any]"]
 _REDIRECTS = (MovedError, AskError, TryAgainError)
+# How long calls may wait for a node's pipeline under way before they go in one of their own: a
+# few round trips of a healthy Redis, and nothing next to the socket timeout of a hung one.
+HOLD = 0.02
 
 
 class Batcher:
@@ -63,16 +67,22 @@ class Batcher:
         node_client: Callable[[str], aioredis.Redis] | None = None,
         max_batch: int = 512,
         on_batch: Callable[[int], None] | None = None,
+        hold: float = HOLD,
     ) -> None:
-        """``node_client(key)``: on a cluster, a plain client for the primary that owns ``key``."""
+        """``node_client(key)``: on a cluster, a plain client for the primary that owns ``key``.
+        ``hold``: how long calls may wait for a node's pipeline under way (0: never wait)."""
         self.client = client
         self.script = script
         self.node_client = node_client
         self.max_batch = max_batch
         self.on_batch = on_batch
+        self.hold = hold
         self._queue: list[Call] = []
         self._scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()  # strong references until done
+        # By node client: pipelines under way, and when the newest of them was sent.
+        self._out: dict[int, tuple[int, float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -93,6 +103,9 @@ class Batcher:
 
     def _kick(self) -> None:
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         queue, self._queue = self._queue, []
         groups: dict[int, tuple[aioredis.Redis, list[Call]]] = {}
         for call in queue:
@@ -103,11 +116,39 @@ class Batcher:
                     call[2].set_exception(as_redis_error(err) or err)
                 continue
             groups.setdefault(id(node), (node, []))[1].append(call)
-        for node, calls in groups.values():
+        now = time.monotonic()
+        wait = 0.0
+        for key, (node, calls) in groups.items():
+            out, sent = self._out.get(key, (0, 0.0))
+            held = self.hold - (now - sent)
+            if out and held > 0 and len(calls) < self.max_batch:
+                # A pipeline to this node is under way and was sent a moment ago: these calls
+                # wait for it (or for the hold to end) and then go together, in one pipeline
+                # instead of several small ones (each costs the service and Redis a round of
+                # system calls). At most ``hold`` seconds and at most one pipeline's worth.
+                self._queue.extend(calls)
+                wait = held if not wait else min(wait, held)
+                continue
             for start in range(0, len(calls), self.max_batch):
+                out += 1
                 task = asyncio.ensure_future(self._flush(node, calls[start : start + self.max_batch]))
                 self._flushes.add(task)
                 task.add_done_callback(self._flushes.discard)
+                task.add_done_callback(functools.partial(self._returned, key))
+            self._out[key] = (out, now)
+        if wait:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._kick)
+
+    def _returned(self, key: int, _: object = None) -> None:
+        """A node's pipeline came back: the calls it held go now."""
+        out, sent = self._out.get(key, (1, 0.0))
+        if out > 1:
+            self._out[key] = (out - 1, sent)
+        else:
+            self._out.pop(key, None)
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
 
     def _client_for(self, key: Any) -> aioredis.Redis:
         if self.node_client is None:
