@@ -155,6 +155,10 @@ def test_token_payloads_read_as_json_does(claims: dict[str, Any], cfg: Any) -> N
 
 @MANY
 @given(claim=st.lists(scalars, min_size=1, max_size=3).map(lambda items: [st_choice(items), *items[1:]]))
+@example(claim=["c", 0.0, 0.0])
+@example(claim=["c", 0.0, -0.0])
+@example(claim=["c", 1, True])
+@example(claim=["c", 1, 1.0])
 def test_config_claims_cached_or_not_read_the_same(claim: list[Any]) -> None:
     try:
         fresh = FeedbackConfig._from_claim(claim)

@@ -87,15 +87,13 @@ class FeedbackConfig:
     @classmethod
     def from_claim(cls, claim: object) -> FeedbackConfig:
         """A token's config claim. A continuous or freeform one (most tokens share a few) is
-        kept in a small cache, keyed with its numbers' types: 1 and 1.0 answer differently."""
+        kept in a small cache, keyed by its text: 1, 1.0 and True, or 0.0 and -0.0, are equal
+        keys in a dict but answer differently."""
         if type(claim) is list and claim and claim[0] != "k":
-            key = tuple((type(item), item) for item in claim)
-            try:
-                return _CLAIMS[key]
-            except KeyError:
-                pass
-            except TypeError:  # an unhashable member: a malformed claim, refused below
-                return cls._from_claim(claim)
+            key = repr(claim)
+            config = _CLAIMS.get(key)
+            if config is not None:
+                return config
             config = cls._from_claim(claim)
             if len(_CLAIMS) >= _CLAIMS_KEPT:
                 _CLAIMS.clear()
@@ -116,7 +114,7 @@ class FeedbackConfig:
         raise ValueError("malformed config claim")
 
 
-_CLAIMS: dict[tuple[tuple[type, Any], ...], FeedbackConfig] = {}
+_CLAIMS: dict[str, FeedbackConfig] = {}
 _CLAIMS_KEPT = 256
 
 

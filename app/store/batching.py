@@ -6,6 +6,13 @@ one non-transactional pipeline, on a cluster as one pipeline per primary (redis-
 pipeline refuses EVALSHA, so the calls are grouped by the node that owns their slot here). Each
 EVALSHA is still atomic on its own and each caller gets its own reply or error.
 
+While a pipeline to a node is under way, calls for that node wait for it and then go together:
+under load that doubles the calls per pipeline, and each pipeline costs the service and Redis a
+round of system calls. The wait is bounded twice: calls go in a pipeline of their own once
+``HOLD`` (20 ms) has passed since the last one was sent, or at once when they fill a pipeline
+(``max_batch``), so a slow or hung node delays nobody by more than that, and a queue never grows
+past one pipeline before it goes (to the pool's limit, whose exhaustion answers at once).
+
 What goes wrong, and what happens then:
 
 - NOSCRIPT (a restarted or promoted node has no script cache): nothing ran; the script is loaded
