@@ -27,7 +27,7 @@ from app.domain.feedback import FeedbackConfig, Submission
 from app.domain.outcomes import encode_field
 from app.errors import InvalidBody
 from app.schema import canonical
-from app.store.packing import fast_packing, packing_class
+from app.store.packing import HiredisPacking, fast_packing, packing_class
 
 MANY = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -222,3 +222,5 @@ def test_fast_packing_gives_the_pool_one_packing_class_per_kind() -> None:
     assert first.connection_pool.connection_class.__mro__[1].__name__ == "HiredisPacking"
     assert issubclass(unix.connection_pool.connection_class, aioredis.UnixDomainSocketConnection)
     assert hiredis.pack_command(("PING",)) == b"*1\r\n$4\r\nPING\r\n"
+    latin = fast_packing(aioredis.Redis.from_url("redis://127.0.0.1:1/0?encoding=latin-1"))
+    assert not issubclass(latin.connection_pool.connection_class, HiredisPacking)  # redis-py encodes

@@ -59,7 +59,12 @@ def packing_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
 
 def fast_packing(client: aioredis.Redis) -> aioredis.Redis:
     """Let ``client``'s pool make connections that encode with hiredis; returns the client. Only
-    new connections: call it before the client is used."""
+    new connections: call it before the client is used. A client told to encode text otherwise
+    than hiredis does (UTF-8, strict: say ``?encoding=latin-1`` in the URL) keeps redis-py's."""
     pool = client.connection_pool
-    pool.connection_class = packing_class(pool.connection_class)
+    kwargs = pool.connection_kwargs
+    if kwargs.get("encoding", "utf-8").lower().replace("_", "-") in ("utf-8", "utf8") and kwargs.get(
+        "encoding_errors", "strict"
+    ) == "strict":
+        pool.connection_class = packing_class(pool.connection_class)
     return client
