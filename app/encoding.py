@@ -17,7 +17,8 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-_BIG = float(2**63)
+# orjson reads an integer at or past this (in magnitude) as a float once it no longer fits 64 bits.
+BEYOND_64_BITS = float(2**63)
 
 
 def beyond_64_bits(data: Any) -> bool:
@@ -29,7 +30,7 @@ def beyond_64_bits(data: Any) -> bool:
         node = stack.pop()
         kind = type(node)
         if kind is float:
-            if node >= _BIG or node <= -_BIG:
+            if node >= BEYOND_64_BITS or node <= -BEYOND_64_BITS:
                 return True
         elif kind is list:
             stack.extend(node)

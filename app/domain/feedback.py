@@ -21,7 +21,7 @@ import orjson
 
 from app.domain import shapes
 from app.domain.shapes import BODY_CAP, MAX_DEPTH
-from app.encoding import beyond_64_bits
+from app.encoding import BEYOND_64_BITS, beyond_64_bits
 from app.errors import InvalidBody, InvalidFeedback
 from app.schema import Invalid, Object, canonical
 
@@ -132,7 +132,7 @@ class Submission:
         score = None if self.score is None else float(self.score)
         if self.value is None and self.comment is None and self.correction is None and self.metadata is None:
             # A score alone (most submissions): the text canonical() writes for it, without its
-            # encoder (json writes a float with float.__repr__); tests/test_properties.py
+            # encoder (json writes a float with float.__repr__); tests/test_fast_equivalents.py
             # holds the two to the same text.
             text = f"[{'null' if score is None else float.__repr__(score)},null,null,null,null]"
         else:
@@ -212,9 +212,9 @@ def loads(raw: bytes) -> Any:
     it takes that the rules don't, or reads differently, sends the body to the standard
     library's strict parser, which then decides and says what is wrong: a duplicate key (orjson
     keeps the last; found by counting an object's members against the colons outside strings),
-    an integer beyond 64 bits (orjson reads it as a float: ``app.encoding.beyond_64_bits``), nesting
-    past the cap. Any
-    body orjson refuses goes there too, so each error's message is the strict parser's."""
+    an integer beyond 64 bits (orjson reads it as a float: ``app.encoding.beyond_64_bits``),
+    nesting past the cap. Any body orjson refuses goes there too, so each error's message is the
+    strict parser's."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -236,7 +236,6 @@ def loads(raw: bytes) -> Any:
 # A JSON string (orjson has checked the body is valid JSON, so every quote outside a string
 # opens one).
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BIG = float(2**63)
 
 
 def _flat(data: Any) -> bool | None:
@@ -247,7 +246,7 @@ def _flat(data: Any) -> bool | None:
     for value in data.values():
         kind = type(value)
         if kind is float:
-            if value >= _BIG or value <= -_BIG:
+            if value >= BEYOND_64_BITS or value <= -BEYOND_64_BITS:
                 return True
         elif kind is dict or kind is list:
             return None

@@ -62,9 +62,8 @@ def fast_packing(client: aioredis.Redis) -> aioredis.Redis:
     new connections: call it before the client is used. A client told to encode text otherwise
     than hiredis does (UTF-8, strict: say ``?encoding=latin-1`` in the URL) keeps redis-py's."""
     pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    if kwargs.get("encoding", "utf-8").lower().replace("_", "-") in ("utf-8", "utf8") and kwargs.get(
-        "encoding_errors", "strict"
-    ) == "strict":
+    encoding = pool.connection_kwargs.get("encoding", "utf-8").lower().replace("_", "-")
+    strict = pool.connection_kwargs.get("encoding_errors", "strict") == "strict"
+    if encoding in ("utf-8", "utf8") and strict:
         pool.connection_class = packing_class(pool.connection_class)
     return client
