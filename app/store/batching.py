@@ -56,6 +56,7 @@ from redis.exceptions import (
 )
 
 from app.store.failures import NOT_REDIS_ERRORS, as_redis_error
+from app.store.pipelined import pipeline
 
 log = logging.getLogger("feedback_tokens.store")
 
@@ -165,10 +166,8 @@ class Batcher:
 
     async def _send(self, node: aioredis.Redis, batch: list[Call]) -> list[Any]:
         try:
-            async with node.pipeline(transaction=False) as pipe:
-                for keys, args, _ in batch:
-                    pipe.evalsha(self.script.sha, len(keys), *keys, *args)
-                return await pipe.execute(raise_on_error=False)
+            sha = self.script.sha
+            return await pipeline(node, [("EVALSHA", sha, len(keys), *keys, *args) for keys, args, _ in batch])
         except NOT_REDIS_ERRORS as err:
             if (lost := as_redis_error(err)) is None:
                 raise
