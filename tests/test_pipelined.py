@@ -144,3 +144,68 @@ def test_a_full_pool_is_refused_at_once_and_large_pipelines_go_whole(redis_serve
     replies, refused = run(redis_server, scenario, max_connections=1)
     assert isinstance(refused, MaxConnectionsError)
     assert replies == [str(i).encode() for i in range(size)]
+
+
+class _ClosingPool(aioredis.ConnectionPool):
+    """Hands out its first connection with its transport closed right after the pool's own check
+    of it: a node that dies between that check and the write."""
+
+    closed = 0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        conn = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        if not self.closed:
+            self.closed += 1
+            conn._writer.transport.close()
+            await asyncio.sleep(0)
+        return conn
+
+
+def test_a_connection_closed_after_the_pools_check_is_replaced_under_uvloop(redis_server: RedisServer) -> None:
+    """uvloop refuses the write with a RuntimeError ("the handler is closed"), not a RedisError:
+    it is a lost connection, so the pipeline goes once more on a fresh one."""
+    import uvloop
+
+    async def go() -> tuple[list[Any], int, int]:
+        pool = _ClosingPool.from_url(redis_server.url, socket_timeout=5.0, max_connections=4, retry=retry_once())
+        client = fast_packing(aioredis.Redis(connection_pool=pool))
+        try:
+            replies = await pipeline(client, [("INCR", "pl:closed"), ("ECHO", "x")])
+            return replies, pool.closed, in_use(client)
+        finally:
+            await client.aclose()
+            await pool.disconnect()  # a pool handed to the client is not closed with it
+
+    replies, closed, busy = uvloop.run(go())
+    assert closed == 1
+    assert replies == [1, b"x"]  # sent once, on the fresh connection
+    assert busy == 0
+
+
+def test_only_a_closed_transport_under_redis_py_counts_as_a_lost_connection(redis_server: RedisServer) -> None:
+    import uvloop
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.store.failures import as_redis_error
+
+    async def go() -> BaseException:
+        client = aioredis.Redis.from_url(redis_server.url, socket_timeout=5.0)
+        try:
+            conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            conn._writer.transport.close()
+            await asyncio.sleep(0)
+            try:
+                await conn.send_packed_command([b"*1\r\n$4\r\nPING\r\n"])
+            except BaseException as err:  # noqa: BLE001 - which kind is the assertion
+                return err
+            raise AssertionError("uvloop wrote on a closed transport")
+        finally:
+            await client.aclose()
+
+    real = uvloop.run(go())
+    assert isinstance(real, RuntimeError) and "the handler is closed" in str(real)
+    assert isinstance(as_redis_error(real), RedisConnectionError)
+    try:
+        raise RuntimeError("unable to perform operation on <ours>; the handler is closed")
+    except RuntimeError as ours:  # the same words from this service's own code: a bug, not Redis
+        assert as_redis_error(ours) is None

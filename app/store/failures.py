@@ -3,7 +3,9 @@
 
 redis-py reports most failures as ``RedisError`` subclasses; a connection closed under a call can
 instead surface as a transport's ``AttributeError`` / ``TypeError`` (redis-py issue 4287, seen
-here when a cluster failover replaces a node's connections), and the cluster client's own
+here when a cluster failover replaces a node's connections) or, under uvloop, as the
+``RuntimeError`` its transport raises for a write after it closed ("the handler is closed": a
+node killed between the pool's check of a connection and the write), and the cluster client's own
 ``RedisClusterException`` (no node for a slot mid-failover) is not a RedisError at all.
 ``as_redis_error`` turns those, and only those, into the RedisError they stand for; the same
 AttributeError raised by this service's own code stays a bug and a 500.
@@ -45,11 +47,12 @@ OPERATIONS = {
     "list": "listing the run's tokens",
 }
 
-_TRANSPORT_DIRS = (os.path.dirname(redis.__file__) + os.sep, os.path.dirname(asyncio.__file__) + os.sep)
+_REDIS_DIR = os.path.dirname(redis.__file__) + os.sep
+_TRANSPORT_DIRS = (_REDIS_DIR, os.path.dirname(asyncio.__file__) + os.sep)
 
 
 # What may escape redis-py that is not a RedisError yet means Redis could not be used.
-NOT_REDIS_ERRORS = (AttributeError, TypeError, RedisClusterException)
+NOT_REDIS_ERRORS = (AttributeError, TypeError, RuntimeError, RedisClusterException)
 
 
 def as_redis_error(err: BaseException) -> RedisError | None:
@@ -57,13 +60,23 @@ def as_redis_error(err: BaseException) -> RedisError | None:
 
     - a closed connection's AttributeError or TypeError raised inside redis-py or asyncio's
       transport: a ConnectionError;
+    - uvloop's RuntimeError for a write on a transport that closed, raised under a redis-py
+      call: a ConnectionError;
     - redis-py's cluster client finding no node for a slot while it learns a new topology
       (``SlotNotCoveredError`` and the other ``RedisClusterException``s, which are not
       RedisErrors): a ClusterDownError, as Redis itself says during a failover.
 
-    The same AttributeError or TypeError raised by this service's own code stays a bug (None)."""
+    The same AttributeError, TypeError or RuntimeError raised by this service's own code stays a
+    bug (None)."""
     if isinstance(err, RedisClusterException):
         return ClusterDownError(f"the cluster client has no node for this ({type(err).__name__}: {err})")
+    if isinstance(err, RuntimeError):
+        if "the handler is closed" not in str(err) or err.__traceback__ is None:
+            return None
+        frames = traceback.extract_tb(err.__traceback__)
+        if not any(frame.filename.startswith(_REDIS_DIR) for frame in frames):
+            return None
+        return RedisConnectionError(f"connection closed under the call ({type(err).__name__}: {err})")
     if not isinstance(err, (AttributeError, TypeError)) or err.__traceback__ is None:
         return None
     innermost = traceback.extract_tb(err.__traceback__)[-1].filename

@@ -15,6 +15,8 @@ what matters of it and nothing else:
   ``MaxConnectionsError`` at once, as before;
 - a broken connection is retried as the client's ``Retry`` says (once, on a fresh connection:
   app/store/connect.py ``retry_once``), the connection disconnected first, as redis-py does;
+  that includes a connection that closed after the pool checked it, which uvloop reports as a
+  RuntimeError (app/store/failures.py);
 - the replies are read under one deadline, the client's ``socket_timeout``, for the whole
   pipeline instead of one per reply. A Redis that stops answering mid-pipeline fails it with
   redis-py's ``TimeoutError`` after that long, and the connection is dropped (its unread replies
@@ -32,6 +34,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.store.failures import as_redis_error
 
 
 async def pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -53,7 +57,12 @@ async def pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) 
 
 
 async def _exchange(conn: AbstractConnection, packed: list[bytes], count: int) -> list[Any]:
-    await conn.send_packed_command(packed)
+    try:
+        await conn.send_packed_command(packed)
+    except RuntimeError as err:  # uvloop: the connection closed after the pool checked it
+        if (lost := as_redis_error(err)) is None:
+            raise
+        raise lost from err  # a ConnectionError: sent again once, on a fresh connection
     replies: list[Any] = []
     try:
         async with asyncio.timeout(conn.socket_timeout):
