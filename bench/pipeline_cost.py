@@ -20,6 +20,7 @@ import asyncio
 import statistics
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -80,18 +81,14 @@ async def main_async(rounds: int, batches: int, batch: int) -> int:
         store = Store(redis.url, Keyspace("bench", SHARDS), timeout=5)
         await store.start()
         batcher = store._submit_batched
-        sides = {
-            "pipelined.py": lambda: batcher.__dict__.pop("_send", None),
-            "redis-py Pipeline": lambda: batcher.__dict__.__setitem__(
-                "_send", redis_py_pipeline.__get__(batcher)
-            ),
-        }
+        old_send = types.MethodType(redis_py_pipeline, batcher)
+        sides = {"pipelined.py": batcher._send, "redis-py Pipeline": old_send}
         results: dict[str, list[float]] = {name: [] for name in sides}
         submitted = 0
         for number in range(rounds + 1):  # round 0 warms both sides up and is not counted
             order = list(sides) if number % 2 else list(sides)[::-1]
             for name in order:
-                sides[name]()
+                batcher._send = sides[name]  # type: ignore[method-assign]
                 cost = await measure(store, batches, batch)
                 submitted += batches * batch
                 if number:

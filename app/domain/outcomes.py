@@ -83,13 +83,11 @@ def encode_field(value: Any) -> str:
     """Stream fields: plain strings as they are, everything else JSON, absent as ''."""
     if value is None:
         return ""
-    kind = type(value)
-    if kind is str:
-        return value  # type: ignore[no-any-return]
-    if kind is int or kind is float:
-        return repr(value)  # what json.dumps writes for them (it refuses NaN / infinities earlier)
     if isinstance(value, str):
         return value
+    kind = type(value)
+    if kind is int or kind is float:
+        return repr(value)  # what json.dumps writes for them (it refuses NaN / infinities earlier)
     return _FIELD(value)
 
 
